@@ -1,0 +1,162 @@
+//! The command line: `serve`, `migrate`, `events`. The only place besides `main` that uses
+//! `anyhow`: every command ends in a message for a human.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::startup::{self, Application, Role};
+use crate::store::{EventRecord, EventSummary};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "gemhook", version, about = "A webhook receiver for Google's Gemini API")]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults (environment variables override both).
+    #[arg(long, global = true, env = "GEMHOOK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the receiver and/or the worker until SIGTERM or SIGINT.
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Inspect received events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// The newest events first.
+    List {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many events at most.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Everything stored about one event, the raw body included.
+    Show {
+        webhook_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
+    telemetry::init(settings.log_format);
+    match cli.command {
+        Command::Serve { role } => serve(&settings, role).await,
+        Command::Migrate => {
+            let store = startup::connect(&settings)?;
+            store.migrate().await.context("migrating the database")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Events { command } => events(&settings, command).await,
+    }
+}
+
+async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
+    let app = Application::build(settings, role)
+        .await
+        .context("starting gemhook")?;
+    app.run_until_stopped(startup::shutdown_signal())
+        .await
+        .context("serving HTTP")
+}
+
+async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
+    let store = startup::connect(settings)?;
+    match command {
+        EventsCommand::List { json, limit } => {
+            let events = store.list_events(limit).await.context("listing events")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                print_event_table(&events);
+            }
+        }
+        EventsCommand::Show { webhook_id, json } => {
+            let event = store
+                .find_event(&webhook_id)
+                .await
+                .context("reading the event")?
+                .with_context(|| format!("no event with webhook-id {webhook_id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&event_json(&event))?);
+            } else {
+                print_event(&event);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_event_table(events: &[EventSummary]) {
+    println!(
+        "{:<25} {:<40} {:<28} {:<12} {:<10}",
+        "RECEIVED_AT", "WEBHOOK_ID", "TYPE", "STATUS", "JOB"
+    );
+    for e in events {
+        println!(
+            "{:<25} {:<40} {:<28} {:<12} {:<10}",
+            e.received_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            e.webhook_id,
+            e.event_type.as_deref().unwrap_or("-"),
+            e.status,
+            e.job_state.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// The stored event as JSON: the summary, the headers, and the body both as text (when it is
+/// UTF-8) and as base64 (always, byte-exact).
+pub fn event_json(event: &EventRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(event).expect("an event serialises");
+    let object = value.as_object_mut().expect("an event is an object");
+    object.insert(
+        "body".into(),
+        std::str::from_utf8(&event.body)
+            .map(|t| serde_json::Value::String(t.to_owned()))
+            .unwrap_or(serde_json::Value::Null),
+    );
+    object.insert(
+        "body_base64".into(),
+        serde_json::Value::String(STANDARD.encode(&event.body)),
+    );
+    value
+}
+
+fn print_event(event: &EventRecord) {
+    let s = &event.summary;
+    println!("webhook_id:        {}", s.webhook_id);
+    println!("type:              {}", s.event_type.as_deref().unwrap_or("-"));
+    println!("resource_id:       {}", s.resource_id.as_deref().unwrap_or("-"));
+    println!("status:            {}", s.status);
+    println!("scheme:            {}", s.scheme);
+    println!("received_at:       {}", s.received_at.to_rfc3339());
+    println!("webhook_timestamp: {}", event.webhook_timestamp);
+    println!("job_state:         {}", s.job_state.as_deref().unwrap_or("-"));
+    println!("headers:           {}", event.headers);
+    match std::str::from_utf8(&event.body) {
+        Ok(text) => println!("body:\n{text}"),
+        Err(_) => println!("body (base64):\n{}", STANDARD.encode(&event.body)),
+    }
+}

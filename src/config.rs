@@ -1,0 +1,210 @@
+//! Configuration: embedded defaults (`config/default.toml`) → an optional file → environment.
+//!
+//! Loaded and validated once at start-up; a bad value stops the process with a message that
+//! names the key (and, for secrets, the position), never the secret itself.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+
+use crate::verify::{Keys, Policy, SecretError, WebhookSecret};
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("webhook secret #{position} of {count} is invalid: {reason}")]
+    Secret {
+        position: usize,
+        count: usize,
+        reason: SecretError,
+    },
+    #[error("no database URL: set GEMHOOK_DATABASE_URL (or DATABASE_URL, or database_url in the file)")]
+    MissingDatabaseUrl,
+}
+
+/// A string that must not be shown: `Debug` prints a placeholder.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Redacted(String);
+
+impl Redacted {
+    pub fn new(value: impl Into<String>) -> Self {
+        Redacted(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+}
+
+/// The settings as written; see `config/default.toml` for what each key means.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub database_url: Option<Redacted>,
+    #[serde(deserialize_with = "comma_separated")]
+    pub webhook_secrets: Vec<Redacted>,
+    pub timestamp_tolerance_secs: u64,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub auto_migrate: bool,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Settings {
+    /// The layered sources, without extracting them: tests merge their own values on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            // DATABASE_URL is the convention of most platforms; GEMHOOK_DATABASE_URL wins.
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("GEMHOOK_"))
+    }
+
+    /// Loads defaults → file → environment and validates.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.keys()?;
+        Ok(settings)
+    }
+
+    /// The database URL, or the error that says how to give one.
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url
+            .as_ref()
+            .map(Redacted::expose)
+            .filter(|url| !url.is_empty())
+            .ok_or(ConfigError::MissingDatabaseUrl)
+    }
+
+    /// The verification keys, parsed from the configured secrets.
+    pub fn keys(&self) -> Result<Keys, ConfigError> {
+        let count = self.webhook_secrets.len();
+        let secrets = self
+            .webhook_secrets
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                WebhookSecret::parse(text.expose()).map_err(|reason| ConfigError::Secret {
+                    position: index + 1,
+                    count,
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Keys { secrets })
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            tolerance_secs: self.timestamp_tolerance_secs,
+        }
+    }
+
+    pub fn database_acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_acquire_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Accepts a list, or one string of comma-separated items (the environment's form).
+fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redacted>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .map(Redacted)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Figment {
+        Figment::from(Toml::string(DEFAULTS))
+    }
+
+    #[test]
+    fn the_embedded_defaults_load() {
+        let settings = Settings::from_figment(base()).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.timestamp_tolerance_secs, 300);
+        assert_eq!(settings.max_body_bytes, 1_048_576);
+        assert!(settings.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn secrets_come_as_one_comma_separated_string() {
+        let figment = base().merge((
+            "webhook_secrets",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ));
+        let settings = Settings::from_figment(figment).unwrap();
+        assert_eq!(settings.keys().unwrap().secrets.len(), 2);
+    }
+
+    #[test]
+    fn a_malformed_secret_is_named_by_position_and_never_echoed() {
+        let figment = base().merge((
+            "webhook_secrets",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_sup3r-s3cret!",
+        ));
+        let message = Settings::from_figment(figment).unwrap_err().to_string();
+        assert!(message.contains("#2 of 2"), "{message}");
+        assert!(!message.contains("sup3r"), "{message}");
+    }
+
+    #[test]
+    fn the_database_url_is_redacted_in_debug_output() {
+        let figment = base().merge(("database_url", "postgres://u:hunter2@db/x"));
+        let settings = Settings::from_figment(figment).unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert_eq!(settings.database_url().unwrap(), "postgres://u:hunter2@db/x");
+    }
+}

@@ -1,0 +1,155 @@
+//! `POST /webhooks/gemini`: raw bytes in, verified, recorded with its job, then 200.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tracing::{Instrument, field};
+
+use super::{ApiError, AppState};
+use crate::envelope;
+use crate::store::{NewEvent, Recorded};
+use crate::telemetry::error_chain;
+use crate::verify::{self, Rejection, WebhookHeaders};
+
+const WEBHOOK_ID: &str = "webhook-id";
+const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+
+/// Headers kept with the event besides the three webhook headers (for support and forensics).
+const KEPT_HEADERS: &[&str] = &[
+    WEBHOOK_ID,
+    WEBHOOK_TIMESTAMP,
+    WEBHOOK_SIGNATURE,
+    "content-type",
+    "user-agent",
+];
+
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "delivery",
+        webhook_id = field::Empty,
+        r#type = field::Empty,
+        outcome = field::Empty,
+        latency_ms = field::Empty,
+    );
+    async move {
+        let result = handle(&state, &headers, body).await;
+        let span = tracing::Span::current();
+        span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+        match result {
+            Ok(recorded) => {
+                let (outcome, body) = match recorded {
+                    Recorded::Accepted { .. } => ("accepted", r#"{"status":"accepted"}"#),
+                    Recorded::Duplicate => ("duplicate", r#"{"status":"duplicate"}"#),
+                };
+                span.record("outcome", outcome);
+                tracing::info!("delivery {outcome}");
+                let json = HeaderValue::from_static("application/json");
+                ([(header::CONTENT_TYPE, json)], body).into_response()
+            }
+            Err(error) => {
+                span.record("outcome", error.code());
+                match &error {
+                    ApiError::Unavailable(cause) => {
+                        tracing::error!(error = %error_chain(cause), "delivery not stored");
+                    }
+                    other => tracing::info!(reason = %other, "delivery rejected"),
+                }
+                error.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Recorded, ApiError> {
+    let shared = &state.inner;
+    let body = read_body(headers, body, shared.max_body_bytes).await?;
+
+    let webhook_headers = WebhookHeaders {
+        id: header_text(headers, WEBHOOK_ID)?,
+        timestamp: header_text(headers, WEBHOOK_TIMESTAMP)?,
+        signature: header_text(headers, WEBHOOK_SIGNATURE)?,
+    };
+    let checked = verify::check_headers(&webhook_headers)?;
+    tracing::Span::current().record("webhook_id", checked.id);
+
+    let verified = verify::verify_checked(&checked, &body, &shared.keys, &shared.policy, unix_now())?;
+
+    let envelope = envelope::parse(&body);
+    if let Some(event_type) = &envelope.event_type {
+        tracing::Span::current().record("type", event_type.as_str());
+    }
+    let kept_headers = kept_headers(headers);
+    let event = NewEvent {
+        webhook_id: checked.id,
+        webhook_timestamp: verified.timestamp,
+        envelope: &envelope,
+        scheme: verified.scheme,
+        headers: &kept_headers,
+        body: &body,
+    };
+    shared
+        .store
+        .record_delivery(&event)
+        .await
+        .map_err(ApiError::Unavailable)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes. A declared Content-Length over the
+/// limit is refused before a byte is read; a chunked body is cut off as it crosses the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let over_limit = error
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some();
+        if over_limit {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::UnreadableBody
+        }
+    })
+}
+
+/// A header as text. Absent → `None`; present but not visible ASCII → `invalid_header`.
+/// Names are case-insensitive: `HeaderMap` stores them lowercased.
+fn header_text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, Rejection> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(Some).map_err(|_| Rejection::InvalidHeader {
+            header: name,
+            why: "not visible ASCII",
+        }),
+    }
+}
+
+fn kept_headers(headers: &HeaderMap) -> Value {
+    let mut kept = Map::new();
+    for name in KEPT_HEADERS {
+        if let Some(value) = headers.get(*name).and_then(|v| v.to_str().ok()) {
+            kept.insert((*name).to_owned(), Value::String(value.to_owned()));
+        }
+    }
+    Value::Object(kept)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

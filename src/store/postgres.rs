@@ -1,0 +1,163 @@
+//! The Postgres backend: one small function per statement.
+
+use std::str::FromStr;
+
+use sqlx::ConnectOptions as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Row, migrate::Migrator};
+
+use super::{
+    ConnectOptions, EventRecord, EventSummary, JobId, NewEvent, Readiness, Recorded, StoreError,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel the receiver notifies when it enqueues jobs; workers `LISTEN` on it.
+pub const JOBS_CHANNEL: &str = "gemhook_jobs";
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Self, StoreError> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(StoreError::InvalidUrl)?
+            // Statements carry bodies as bind parameters, never in the SQL text; still, keep
+            // per-statement logs at trace so a debug log is not flooded on the ack path.
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .application_name("gemhook");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect);
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let applied: Result<Vec<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await;
+        match applied {
+            Ok(applied) => Readiness {
+                database: true,
+                migrations_applied: MIGRATOR
+                    .iter()
+                    .all(|m| applied.contains(&m.version)),
+            },
+            // The table is missing before the first migration: the database answers, the
+            // schema is not there.
+            Err(sqlx::Error::Database(_)) => Readiness {
+                database: true,
+                migrations_applied: false,
+            },
+            Err(_) => Readiness {
+                database: false,
+                migrations_applied: false,
+            },
+        }
+    }
+
+    /// One statement, hence one transaction: the event, its job and the worker's wake-up commit
+    /// together or not at all. `ON CONFLICT DO NOTHING` makes a concurrent duplicate wait for the
+    /// first insert's commit and then insert nothing, so 20 simultaneous copies give one row each.
+    pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
+        let job_id: Option<i64> = sqlx::query_scalar(
+            r#"
+            WITH new_event AS (
+                INSERT INTO events
+                    (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (webhook_id) DO NOTHING
+                RETURNING id
+            ), new_job AS (
+                INSERT INTO jobs (event_id)
+                SELECT id FROM new_event
+                RETURNING id
+            )
+            SELECT id, pg_notify($9, '') FROM new_job
+            "#,
+        )
+        .bind(event.webhook_id)
+        .bind(event.webhook_timestamp)
+        .bind(event.envelope.event_type.as_deref())
+        .bind(event.envelope.resource_id.as_deref())
+        .bind(event.envelope.status.as_str())
+        .bind(event.scheme.as_str())
+        .bind(event.headers)
+        .bind(event.body)
+        .bind(JOBS_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match job_id {
+            Some(id) => Recorded::Accepted { job_id: JobId(id) },
+            None => Recorded::Duplicate,
+        })
+    }
+
+    pub async fn list_events(&self, limit: i64) -> Result<Vec<EventSummary>, StoreError> {
+        let rows = sqlx::query(
+            r#"
+            SELECT e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme, e.received_at,
+                   j.state AS job_state
+            FROM events e LEFT JOIN jobs j ON j.event_id = e.id
+            ORDER BY e.received_at DESC, e.id DESC
+            LIMIT $1
+            "#,
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(
+            r#"
+            SELECT e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme, e.received_at,
+                   j.state AS job_state, e.webhook_timestamp, e.headers, e.body
+            FROM events e LEFT JOIN jobs j ON j.event_id = e.id
+            WHERE e.webhook_id = $1
+            "#,
+        )
+        .bind(webhook_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(EventRecord {
+                summary: summary_from_row(&row)?,
+                webhook_timestamp: row.try_get("webhook_timestamp")?,
+                headers: row.try_get("headers")?,
+                body: row.try_get("body")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn summary_from_row(row: &sqlx::postgres::PgRow) -> Result<EventSummary, StoreError> {
+    Ok(EventSummary {
+        webhook_id: row.try_get("webhook_id")?,
+        event_type: row.try_get("event_type")?,
+        resource_id: row.try_get("resource_id")?,
+        status: row.try_get("status")?,
+        scheme: row.try_get("scheme")?,
+        received_at: row.try_get("received_at")?,
+        job_state: row.try_get("job_state")?,
+    })
+}

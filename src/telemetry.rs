@@ -1,0 +1,44 @@
+//! Logging: JSON lines in containers, readable lines on a terminal; `RUST_LOG` filters.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// The filter when `RUST_LOG` is unset: our own info, libraries' warnings.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,reqwest=warn";
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
+/// tests that build several applications in one process do not fight over it.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// An error and its causes, one line: "outer: inner: innermost".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
