@@ -77,9 +77,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The layered sources, without extracting them: tests merge their own values on top.
+    /// The built-in defaults alone, with no file and no environment: what tests start from.
+    pub fn defaults() -> Figment {
+        Figment::from(Toml::string(DEFAULTS))
+    }
+
+    /// The layered sources, without extracting them.
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        let mut figment = Self::defaults();
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
@@ -167,7 +172,7 @@ mod tests {
     use super::*;
 
     fn base() -> Figment {
-        Figment::from(Toml::string(DEFAULTS))
+        Settings::defaults()
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! Black-box tests of gemhook over HTTP against a real Postgres (a fresh database per test).
+//! One test binary, so the crate and its dependencies link once.
+
+mod availability;
+mod helpers;
+mod process;
+mod receive;

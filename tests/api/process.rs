@@ -1,0 +1,274 @@
+//! The real `gemhook` binary as an operator runs it: start-up errors, logs, signals, the CLI.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// A `gemhook` child process with its output captured.
+struct Gemhook {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+fn gemhook_command(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gemhook"));
+    // Only what the test says: nothing from the developer's environment leaks in.
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+impl Gemhook {
+    /// Starts `gemhook serve` and waits until it logs the address it listens on.
+    fn serve(env: &[(&str, &str)]) -> (Gemhook, String) {
+        let mut child = gemhook_command(env)
+            .args(["serve"])
+            .env("GEMHOOK_LISTEN", "127.0.0.1:0")
+            .env("GEMHOOK_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == "gemhook listening"
+                {
+                    let _ = address_tx.send(json["addr"].as_str().unwrap().to_owned());
+                }
+                out.lock().unwrap().push_str(&line);
+                out.lock().unwrap().push('\n');
+            }
+        });
+        let err = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                err.lock().unwrap().push_str(&line);
+                err.lock().unwrap().push('\n');
+            }
+        });
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("gemhook did not start: {}", output.lock().unwrap()));
+        (Gemhook { child, output }, format!("http://{address}"))
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns whether it exited 0.
+    fn wait_success(&mut self) -> bool {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("gemhook did not exit within 15 s");
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gemhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_malformed_secret_stops_start_up_naming_its_position_and_never_echoing_it() {
+    let output = gemhook_command(&[
+        (
+            "GEMHOOK_WEBHOOK_SECRETS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_s3cr3t-Value!",
+        ),
+        ("GEMHOOK_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    ])
+    .arg("serve")
+    .output()
+    .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("webhook secret #2 of 2 is invalid"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cr3t"));
+}
+
+#[test]
+fn an_empty_secret_stops_start_up() {
+    let output = gemhook_command(&[
+        ("GEMHOOK_WEBHOOK_SECRETS", "whsec_"),
+        ("GEMHOOK_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    ])
+    .arg("serve")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("#1 of 1 is invalid: it is empty"), "{stderr}");
+}
+
+#[tokio::test]
+async fn secrets_and_signatures_never_appear_in_the_logs() {
+    let db = TestDatabase::create().await;
+    let (mut gemhook, address) = Gemhook::serve(&[
+        ("GEMHOOK_DATABASE_URL", &db.url),
+        ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
+        ("RUST_LOG", "debug"),
+    ]);
+    let client = reqwest::Client::new();
+    let url = format!("{address}/webhooks/gemini");
+    let id = unique_id();
+    let body = batch_succeeded("logged");
+    let timestamp = unix_now();
+    let good = signature(SECRET, &id, timestamp, body.as_bytes());
+    let bad = signature(OTHER_SECRET, &id, timestamp, body.as_bytes());
+    for sig in [&good, &bad] {
+        client
+            .post(&url)
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", sig.as_str())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    gemhook.terminate();
+    assert!(gemhook.wait_success());
+
+    let logs = gemhook.output();
+    assert!(logs.contains(&id), "the delivery was logged with its id: {logs}");
+    let key = SECRET.trim_start_matches("whsec_");
+    for secret_text in [SECRET, key, good.as_str(), bad.as_str()] {
+        assert!(!logs.contains(secret_text), "{secret_text} leaked into: {logs}");
+    }
+    // Signature values without their `v1,` prefix as well.
+    assert!(!logs.contains(&good[3..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_zero() {
+    let db = TestDatabase::create().await;
+    let (mut gemhook, address) = Gemhook::serve(&[
+        ("GEMHOOK_DATABASE_URL", &db.url),
+        ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
+    ]);
+    let id = unique_id();
+    let body = batch_succeeded("in-flight");
+    let timestamp = unix_now();
+    let signature = signature(SECRET, &id, timestamp, body.as_bytes());
+    // The body trickles in over ~600 ms; SIGTERM arrives while it does.
+    let chunks: Vec<bytes::Bytes> = body
+        .as_bytes()
+        .chunks(body.len() / 3 + 1)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let slow_body = futures::stream::unfold(chunks.into_iter(), |mut rest| async move {
+        let chunk = rest.next()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((Ok::<_, std::io::Error>(chunk), rest))
+    });
+    let request = reqwest::Client::new()
+        .post(format!("{address}/webhooks/gemini"))
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .header("content-length", body.len().to_string())
+        .body(reqwest::Body::wrap_stream(slow_body))
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    gemhook.terminate();
+    let response = in_flight.await.unwrap().unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert!(gemhook.wait_success(), "exit status 0 after SIGTERM");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE webhook_id = $1")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn events_list_and_show_print_what_was_stored() {
+    let app = spawn_app().await;
+    let id = unique_id();
+    let body = batch_succeeded("cli");
+    assert_eq!(app.post_signed(&id, &body).await.status(), 200);
+    let env = [("GEMHOOK_DATABASE_URL", app.db.url.as_str())];
+
+    let list = gemhook_command(&env)
+        .args(["events", "list", "--json", "--limit", "5"])
+        .output()
+        .unwrap();
+    let show = gemhook_command(&env)
+        .args(["events", "show", &id, "--json"])
+        .output()
+        .unwrap();
+
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let first = &listed.as_array().unwrap()[0];
+    assert_eq!(first["webhook_id"], id.as_str());
+    assert_eq!(first["type"], "batch.succeeded");
+    assert_eq!(first["status"], "accepted");
+    assert!(first["received_at"].is_string());
+
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["body"], body.as_str());
+    assert_eq!(shown["headers"]["webhook-id"], id.as_str());
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(shown["body_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, body.as_bytes());
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let db = TestDatabase::create().await;
+    let output = gemhook_command(&[("DATABASE_URL", &db.url)])
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('events', 'jobs')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2);
+    pool.close().await;
+}
