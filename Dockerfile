@@ -1,0 +1,24 @@
+# Build: a full Rust toolchain, dependencies cached in their own layer.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked --bin gemhook || true
+COPY . .
+# Touch the sources so cargo rebuilds the crate over the dependency-only stub.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin gemhook
+
+# Run: a slim image, no toolchain, an unprivileged user. Migrations are compiled into the binary.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/gemhook --create-home gemhook
+COPY --from=build /src/target/release/gemhook /usr/local/bin/gemhook
+USER gemhook
+WORKDIR /var/lib/gemhook
+ENV GEMHOOK_LISTEN=0.0.0.0:8080 \
+    GEMHOOK_LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/gemhook"]
+CMD ["serve"]
