@@ -80,7 +80,14 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
     let checked = verify::check_headers(&webhook_headers)?;
     tracing::Span::current().record("webhook_id", checked.id);
 
-    let verified = verify::verify_checked(&checked, &body, &shared.keys, &shared.policy, unix_now())?;
+    let verified = verify::verify_checked(
+        &checked,
+        &body,
+        &shared.keys,
+        None,
+        &shared.policy,
+        unix_now(),
+    )?;
 
     let envelope = envelope::parse(&body);
     if let Some(event_type) = &envelope.event_type {
@@ -104,7 +111,11 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
 
 /// Reads the whole body, refusing more than `limit` bytes. A declared Content-Length over the
 /// limit is refused before a byte is read; a chunked body is cut off as it crosses the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -127,13 +138,19 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
 
 /// A header as text. Absent → `None`; present but not visible ASCII → `invalid_header`.
 /// Names are case-insensitive: `HeaderMap` stores them lowercased.
-fn header_text<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, Rejection> {
+fn header_text<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, Rejection> {
     match headers.get(name) {
         None => Ok(None),
-        Some(value) => value.to_str().map(Some).map_err(|_| Rejection::InvalidHeader {
-            header: name,
-            why: "not visible ASCII",
-        }),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| Rejection::InvalidHeader {
+                header: name,
+                why: "not visible ASCII",
+            }),
     }
 }
 

@@ -5,10 +5,20 @@
 //! Webhooks vectors runs as a unit test and the module can be fuzzed. The order of checks follows
 //! the Standard Webhooks reference library: headers, then the timestamp window, then signatures.
 //! Checking the cheap timestamp first also means a replayed old request never costs an HMAC.
+//!
+//! Three schemes share one header (see "Dynamic signatures" in the shared notes): `v1` (HMAC,
+//! static webhooks), `v1a` (Ed25519, what dynamic deliveries carry) and a compact RS256 JWT (what
+//! the docs describe for dynamic webhooks). Google's published keys are fetched elsewhere
+//! (`crate::jwks`) and passed in as [`PublishedKeys`].
 
+mod ed25519;
 mod hmac_v1;
+mod jwt;
+mod published;
 mod secret;
 
+pub use ed25519::{PublicKey, PublicKeyError, SigningKeyError, WebhookSigningKey};
+pub use published::{JwksDocumentError, ParsedJwks, PublishedKeys, SkippedKey, parse_jwks};
 pub use secret::{SecretError, WebhookSecret};
 
 use std::fmt;
@@ -96,19 +106,32 @@ impl Rejection {
 pub struct Keys {
     /// Project `whsec_` secrets; several during a rotation.
     pub secrets: Vec<WebhookSecret>,
+    /// Operator-configured `whpk_` Ed25519 keys, tried for `v1a` besides the published ones.
+    pub public_keys: Vec<PublicKey>,
 }
 
 /// What verification is allowed to accept, besides the keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
-    /// Allowed difference between `webhook-timestamp` and `now`, in both directions.
+    /// Allowed difference between `webhook-timestamp` and `now`, in both directions; also the
+    /// leeway for a JWT's `exp`, `nbf` and `iat`.
     pub tolerance_secs: u64,
+    /// Whether a compact RS256 JWT in `webhook-signature` is accepted. Such a token does not
+    /// cover the body, so an operator may prefer to refuse it.
+    pub accept_jwt: bool,
+    /// When set, a JWT must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// When set, a JWT must carry this `iss`.
+    pub jwt_issuer: Option<String>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             tolerance_secs: 300,
+            accept_jwt: true,
+            jwt_audience: None,
+            jwt_issuer: None,
         }
     }
 }
@@ -200,16 +223,27 @@ pub(crate) struct SignedContent<'a> {
     pub body: &'a [u8],
 }
 
+/// True when Google's published keys could verify this `webhook-signature`: it is a compact JWT
+/// or has a `v1a` entry. Only then can refetching the JWKS after a failure help, so the HTTP
+/// layer asks this before spending a refetch on a delivery.
+pub fn wants_published_keys(signature_header: &str) -> bool {
+    jwt::is_compact_jwt(signature_header)
+        || signature_entries(signature_header).any(|entry| entry.version == "v1a")
+}
+
 /// Verifies a delivery end to end: headers, freshness, then any signature entry against any key.
+/// `published` is Google's current key set, `None` when dynamic webhooks are off or no set has
+/// been fetched yet.
 pub fn verify(
     headers: &WebhookHeaders<'_>,
     body: &[u8],
     keys: &Keys,
+    published: Option<&PublishedKeys>,
     policy: &Policy,
     now: i64,
 ) -> Result<Verified, Rejection> {
     let checked = check_headers(headers)?;
-    verify_checked(&checked, body, keys, policy, now)
+    verify_checked(&checked, body, keys, published, policy, now)
 }
 
 /// [`verify`] for headers already checked with [`check_headers`].
@@ -217,20 +251,43 @@ pub fn verify_checked(
     checked: &CheckedHeaders<'_>,
     body: &[u8],
     keys: &Keys,
+    published: Option<&PublishedKeys>,
     policy: &Policy,
     now: i64,
 ) -> Result<Verified, Rejection> {
     check_freshness(checked.timestamp, now, policy)?;
+    let verified = |scheme| {
+        Ok(Verified {
+            scheme,
+            timestamp: checked.timestamp,
+        })
+    };
+
+    // A compact JWT is the whole header, never one entry among others.
+    if jwt::is_compact_jwt(checked.signature) {
+        if !policy.accept_jwt {
+            return Err(Rejection::InvalidSignature);
+        }
+        let rsa = published.map_or(&[][..], |keys| keys.rsa.as_slice());
+        return match jwt::verify(checked.signature, rsa, policy, now) {
+            Ok(()) => verified(Scheme::Jwt),
+            Err(_) => Err(Rejection::InvalidSignature),
+        };
+    }
+
     let content = SignedContent {
         id: checked.id,
         timestamp: checked.timestamp,
         body,
     };
+    // HMAC first: it is the cheaper check and static webhooks are the common case.
     if hmac_v1::any_entry_matches(checked.signature, &content, &keys.secrets) {
-        return Ok(Verified {
-            scheme: Scheme::V1,
-            timestamp: checked.timestamp,
-        });
+        return verified(Scheme::V1);
+    }
+    let configured = keys.public_keys.iter().map(PublicKey::verifying_key);
+    let fetched = published.into_iter().flat_map(|keys| keys.ed25519.iter());
+    if ed25519::any_entry_matches(checked.signature, &content, configured.chain(fetched)) {
+        return verified(Scheme::V1a);
     }
     Err(Rejection::InvalidSignature)
 }
@@ -248,5 +305,20 @@ pub fn sign_v1(secret: &WebhookSecret, id: &str, timestamp: i64, body: &[u8]) ->
     )
 }
 
+/// Signs content with a `whsk_` key the way dynamic deliveries are signed, returning a
+/// `v1a,<base64>` entry. Used by tests and by `gemhook send`.
+pub fn sign_v1a(key: &WebhookSigningKey, id: &str, timestamp: i64, body: &[u8]) -> String {
+    ed25519::sign(
+        key,
+        &SignedContent {
+            id,
+            timestamp,
+            body,
+        },
+    )
+}
+
+#[cfg(test)]
+mod dynamic_tests;
 #[cfg(test)]
 mod vectors;

@@ -33,7 +33,9 @@ impl WebhookSecret {
         }
         // The strict, padded decoder: the reference libraries in Rust and Go reject an unpadded
         // secret at construction, and so do we (vector A_invalid_unpadded_secret).
-        let key = STANDARD.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+        let key = STANDARD
+            .decode(encoded)
+            .map_err(|_| SecretError::NotBase64)?;
         if key.is_empty() {
             return Err(SecretError::Empty);
         }
@@ -71,7 +73,10 @@ mod tests {
 
     #[test]
     fn an_empty_or_undecodable_secret_is_refused_with_a_reason() {
-        assert_eq!(WebhookSecret::parse("whsec_").unwrap_err(), SecretError::Empty);
+        assert_eq!(
+            WebhookSecret::parse("whsec_").unwrap_err(),
+            SecretError::Empty
+        );
         assert_eq!(WebhookSecret::parse("").unwrap_err(), SecretError::Empty);
         assert_eq!(
             WebhookSecret::parse("whsec_not base64!").unwrap_err(),

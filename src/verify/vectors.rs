@@ -19,6 +19,7 @@ struct Case {
     reason: String,
     now: i64,
     scheme: String,
+    signing_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,11 +84,13 @@ fn every_hmac_vector_gives_its_expected_outcome() {
         }
         let keys = Keys {
             secrets: vec![secret.unwrap_or_else(|e| panic!("{}: {e}", case.name))],
+            ..Keys::default()
         };
         let result = verify(
             &case.headers(),
             &case.body(),
             &keys,
+            None,
             &Policy::default(),
             case.now,
         );
@@ -96,6 +99,67 @@ fn every_hmac_vector_gives_its_expected_outcome() {
         checked += 1;
     }
     assert_eq!(checked, 44, "every v1 case ran");
+}
+
+#[test]
+fn every_ed25519_vector_gives_its_expected_outcome() {
+    let mut checked = 0;
+    for case in cases().iter().filter(|c| c.scheme == "v1a") {
+        // For v1a cases `secret` is the whpk_ public key that verifies.
+        let key = PublicKey::parse(&case.secret).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let keys = Keys {
+            public_keys: vec![key],
+            ..Keys::default()
+        };
+        let result = verify(
+            &case.headers(),
+            &case.body(),
+            &keys,
+            None,
+            &Policy::default(),
+            case.now,
+        );
+        assert_eq!(reason_of(&result), case.reason, "{}", case.name);
+        assert_eq!(result.is_ok(), case.expect == "valid", "{}", case.name);
+        if let Ok(verified) = result {
+            assert_eq!(verified.scheme, Scheme::V1a, "{}", case.name);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "every v1a case ran");
+}
+
+#[test]
+fn every_one_of_the_47_vectors_is_run_by_one_of_the_two_tests() {
+    let all = cases();
+    let run = all
+        .iter()
+        .filter(|c| c.scheme == "v1" || c.scheme == "v1a")
+        .count();
+    assert_eq!((all.len(), run), (47, 47));
+}
+
+#[test]
+fn signing_with_the_vectors_whsk_key_reproduces_their_v1a_signature() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "A_v1a_valid_ed25519")
+        .expect("the v1a vector is there");
+    let key = WebhookSigningKey::parse(case.signing_key.as_deref().expect("a whsk_ key"))
+        .expect("the whsk_ key parses");
+    let timestamp = case
+        .timestamp
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    let signature = sign_v1a(
+        &key,
+        case.msg_id.as_deref().unwrap(),
+        timestamp,
+        &case.body(),
+    );
+    // Ed25519 is deterministic, so the signature is the vector's byte for byte.
+    assert_eq!(Some(signature.as_str()), case.signature_header.as_deref());
 }
 
 #[test]
@@ -122,8 +186,9 @@ fn any_of_several_configured_secrets_verifies() {
     };
     let keys = Keys {
         secrets: vec![old, new],
+        ..Keys::default()
     };
-    let verified = verify(&headers, b"{}", &keys, &Policy::default(), 1000).unwrap();
+    let verified = verify(&headers, b"{}", &keys, None, &Policy::default(), 1000).unwrap();
     assert_eq!(verified.scheme, Scheme::V1);
 }
 
@@ -136,7 +201,10 @@ fn an_overlong_or_control_character_webhook_id_is_an_invalid_header() {
             timestamp: Some("1000"),
             signature: Some("v1,x"),
         };
-        assert_eq!(check_headers(&headers).unwrap_err().code(), "invalid_header");
+        assert_eq!(
+            check_headers(&headers).unwrap_err().code(),
+            "invalid_header"
+        );
     }
     let at_limit = "m".repeat(MAX_WEBHOOK_ID_BYTES);
     let headers = WebhookHeaders {
@@ -167,6 +235,9 @@ fn the_vendored_vectors_match_the_shared_ones_when_present() {
         "/../shared/standard-webhooks-vectors.json"
     );
     if let Ok(text) = std::fs::read_to_string(shared) {
-        assert_eq!(text, VECTORS, "tests/data copy is stale: copy ../shared again");
+        assert_eq!(
+            text, VECTORS,
+            "tests/data copy is stale: copy ../shared again"
+        );
     }
 }
