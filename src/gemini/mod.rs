@@ -1,0 +1,17 @@
+//! Following Gemini's pointers: what an event asks for, and the REST client that fetches it.
+//!
+//! - [`pointer`]: pure; an event body → the [`Work`] it asks for (download, fetch, record, …).
+//! - [`origin`]: which origins may ever receive the API key (the base URL's, and allowed ones).
+//! - [`client`]: the HTTP client; sends the key only to allowed origins, follows redirects by
+//!   hand so that a redirect can never carry the key elsewhere, and classifies failures as
+//!   retryable or permanent.
+//! - [`retry`]: pure; exponential backoff with full jitter, and `Retry-After`.
+
+pub mod client;
+pub mod origin;
+pub mod pointer;
+pub mod retry;
+
+pub use client::{ApiKey, ClientSettings, Download, GeminiClient, GeminiError, Interaction};
+pub use origin::{AllowedOrigins, ConfigError};
+pub use pointer::{Plan, PointerPolicy, ResourceKind, Unfollowable, Work};
