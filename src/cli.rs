@@ -8,13 +8,19 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 
+use crate::bench::IngestPlan;
 use crate::config::Settings;
 use crate::startup::{self, Application, Role};
 use crate::store::{EventRecord, EventSummary};
 use crate::telemetry;
+use crate::verify::WebhookSecret;
 
 #[derive(Debug, Parser)]
-#[command(name = "gemhook", version, about = "A webhook receiver for Google's Gemini API")]
+#[command(
+    name = "gemhook",
+    version,
+    about = "A webhook receiver for Google's Gemini API"
+)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (environment variables override both).
     #[arg(long, global = true, env = "GEMHOOK_CONFIG", value_name = "FILE")]
@@ -36,6 +42,37 @@ pub enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Load generators for measuring a running receiver.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Sign and post unique deliveries; print accepted/s and latency percentiles.
+    Ingest {
+        /// The receiver's webhook URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/gemini")]
+        url: String,
+        /// The whsec_ secret the receiver is configured with.
+        #[arg(long, env = "GEMHOOK_BENCH_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, default_value_t = 1000)]
+        requests: u64,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Requests per second (open loop); without it, as fast as the concurrency allows.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Share of requests (0 to 1) that repeat an earlier webhook-id.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_share: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -70,7 +107,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events { command } => events(&settings, command).await,
+        Command::Bench { command } => bench(command).await,
     }
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Ingest {
+        url,
+        secret,
+        requests,
+        concurrency,
+        rate,
+        duplicate_share,
+        json,
+    } = command;
+    let secret = WebhookSecret::parse(&secret)
+        .map_err(|reason| anyhow::anyhow!("the --secret is invalid: {reason}"))?;
+    let plan = IngestPlan {
+        url,
+        secret,
+        requests,
+        concurrency,
+        rate,
+        duplicate_share,
+    };
+    let report = crate::bench::ingest(plan).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
@@ -147,13 +214,22 @@ pub fn event_json(event: &EventRecord) -> serde_json::Value {
 fn print_event(event: &EventRecord) {
     let s = &event.summary;
     println!("webhook_id:        {}", s.webhook_id);
-    println!("type:              {}", s.event_type.as_deref().unwrap_or("-"));
-    println!("resource_id:       {}", s.resource_id.as_deref().unwrap_or("-"));
+    println!(
+        "type:              {}",
+        s.event_type.as_deref().unwrap_or("-")
+    );
+    println!(
+        "resource_id:       {}",
+        s.resource_id.as_deref().unwrap_or("-")
+    );
     println!("status:            {}", s.status);
     println!("scheme:            {}", s.scheme);
     println!("received_at:       {}", s.received_at.to_rfc3339());
     println!("webhook_timestamp: {}", event.webhook_timestamp);
-    println!("job_state:         {}", s.job_state.as_deref().unwrap_or("-"));
+    println!(
+        "job_state:         {}",
+        s.job_state.as_deref().unwrap_or("-")
+    );
     println!("headers:           {}", event.headers);
     match std::str::from_utf8(&event.body) {
         Ok(text) => println!("body:\n{text}"),

@@ -26,7 +26,9 @@ pub enum ConfigError {
         count: usize,
         reason: SecretError,
     },
-    #[error("no database URL: set GEMHOOK_DATABASE_URL (or DATABASE_URL, or database_url in the file)")]
+    #[error(
+        "no database URL: set GEMHOOK_DATABASE_URL (or DATABASE_URL, or database_url in the file)"
+    )]
     MissingDatabaseUrl,
 }
 
@@ -129,12 +131,16 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Keys { secrets })
+        Ok(Keys {
+            secrets,
+            ..Keys::default()
+        })
     }
 
     pub fn policy(&self) -> Policy {
         Policy {
             tolerance_secs: self.timestamp_tolerance_secs,
+            ..Policy::default()
         }
     }
 
@@ -210,6 +216,9 @@ mod tests {
         let figment = base().merge(("database_url", "postgres://u:hunter2@db/x"));
         let settings = Settings::from_figment(figment).unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
-        assert_eq!(settings.database_url().unwrap(), "postgres://u:hunter2@db/x");
+        assert_eq!(
+            settings.database_url().unwrap(),
+            "postgres://u:hunter2@db/x"
+        );
     }
 }

@@ -139,7 +139,8 @@ mod tests {
 
     #[test]
     fn the_published_batch_example_is_accepted_with_its_id() {
-        let body = br#"{"type": "batch.succeeded", "version": "v1", "timestamp": "2026-01-22T12:00:00Z",
+        let body =
+            br#"{"type": "batch.succeeded", "version": "v1", "timestamp": "2026-01-22T12:00:00Z",
  "data": {"id": "batch_123456", "output_file_uri": "gs://my-bucket/results.jsonl"}}"#;
         let envelope = parse(body);
         assert_eq!(envelope.status, EventStatus::Accepted);

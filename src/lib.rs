@@ -12,10 +12,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod gemini;
 pub mod http;
+pub mod jwks;
+pub mod results;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

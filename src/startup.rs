@@ -56,12 +56,13 @@ impl Application {
         if settings.auto_migrate {
             store.migrate().await?;
         }
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let state = AppState::new(
             store.clone(),
             keys,

@@ -12,7 +12,8 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,reqwest=warn";
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that build several applications in one process do not fight over it.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

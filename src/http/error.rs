@@ -51,7 +51,10 @@ impl IntoResponse for ApiError {
         let body = format!(r#"{{"error":"{}"}}"#, self.code());
         let mut response = (
             self.status(),
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response();

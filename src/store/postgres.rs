@@ -52,9 +52,7 @@ impl PgStore {
         match applied {
             Ok(applied) => Readiness {
                 database: true,
-                migrations_applied: MIGRATOR
-                    .iter()
-                    .all(|m| applied.contains(&m.version)),
+                migrations_applied: MIGRATOR.iter().all(|m| applied.contains(&m.version)),
             },
             // The table is missing before the first migration: the database answers, the
             // schema is not there.

@@ -17,7 +17,9 @@ async fn while_the_database_refuses_connections_deliveries_get_503_and_afterward
 
     // Take the database away: refuse new connections and end the pooled ones.
     app.db
-        .admin(&format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#))
+        .admin(&format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#
+        ))
         .await;
     app.db
         .admin(&format!(
@@ -34,13 +36,18 @@ async fn while_the_database_refuses_connections_deliveries_get_503_and_afterward
         .map(|v| v.to_str().unwrap().to_owned());
     let (status, json) = status_and_json(during).await;
 
-    assert_eq!((status, json), (503, serde_json::json!({"error": "unavailable"})));
+    assert_eq!(
+        (status, json),
+        (503, serde_json::json!({"error": "unavailable"}))
+    );
     assert!(retry_after.is_some(), "503 carries Retry-After");
 
     // Bring it back: the same process recovers, and the refused delivery was never recorded,
     // so Gemini's retry of it is accepted as new.
     app.db
-        .admin(&format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#))
+        .admin(&format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#
+        ))
         .await;
     let retried = app
         .post_signed(&during_id, &batch_succeeded("during"))

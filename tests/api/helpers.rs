@@ -99,9 +99,15 @@ impl Drop for TestDatabase {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                if let Ok(mut admin) = PgConnectOptions::from_str(&admin_url).unwrap().connect().await {
+                if let Ok(mut admin) = PgConnectOptions::from_str(&admin_url)
+                    .unwrap()
+                    .connect()
+                    .await
+                {
                     let _ = admin
-                        .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
                         .await;
                 }
             });

@@ -112,7 +112,10 @@ fn a_malformed_secret_stops_start_up_naming_its_position_and_never_echoing_it() 
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("webhook secret #2 of 2 is invalid"), "{stderr}");
+    assert!(
+        stderr.contains("webhook secret #2 of 2 is invalid"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cr3t"));
 }
@@ -128,7 +131,10 @@ fn an_empty_secret_stops_start_up() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("#1 of 1 is invalid: it is empty"), "{stderr}");
+    assert!(
+        stderr.contains("#1 of 1 is invalid: it is empty"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -161,10 +167,16 @@ async fn secrets_and_signatures_never_appear_in_the_logs() {
     assert!(gemhook.wait_success());
 
     let logs = gemhook.output();
-    assert!(logs.contains(&id), "the delivery was logged with its id: {logs}");
+    assert!(
+        logs.contains(&id),
+        "the delivery was logged with its id: {logs}"
+    );
     let key = SECRET.trim_start_matches("whsec_");
     for secret_text in [SECRET, key, good.as_str(), bad.as_str()] {
-        assert!(!logs.contains(secret_text), "{secret_text} leaked into: {logs}");
+        assert!(
+            !logs.contains(secret_text),
+            "{secret_text} leaked into: {logs}"
+        );
     }
     // Signature values without their `v1,` prefix as well.
     assert!(!logs.contains(&good[3..]));
@@ -235,7 +247,11 @@ async fn events_list_and_show_print_what_was_stored() {
         .output()
         .unwrap();
 
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let first = &listed.as_array().unwrap()[0];
     assert_eq!(first["webhook_id"], id.as_str());
@@ -243,7 +259,11 @@ async fn events_list_and_show_print_what_was_stored() {
     assert_eq!(first["status"], "accepted");
     assert!(first["received_at"].is_string());
 
-    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["body"], body.as_str());
     assert_eq!(shown["headers"]["webhook-id"], id.as_str());
@@ -261,7 +281,11 @@ async fn migrate_applies_the_schema_and_exits() {
         .arg("migrate")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('events', 'jobs')",

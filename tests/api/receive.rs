@@ -10,11 +10,18 @@ async fn a_signed_new_delivery_is_accepted_and_stored_with_its_job() {
 
     let (status, json) = status_and_json(app.post_signed(&id, &body).await).await;
 
-    assert_eq!((status, json), (200, serde_json::json!({"status": "accepted"})));
+    assert_eq!(
+        (status, json),
+        (200, serde_json::json!({"status": "accepted"}))
+    );
     let (event_status, event_type, stored) = app.stored_event(&id).await;
     assert_eq!(event_status, "accepted");
     assert_eq!(event_type.as_deref(), Some("batch.succeeded"));
-    assert_eq!(stored, body.as_bytes(), "the raw body is kept byte for byte");
+    assert_eq!(
+        stored,
+        body.as_bytes(),
+        "the raw body is kept byte for byte"
+    );
     let job_state: String = sqlx::query_scalar(
         "SELECT j.state FROM jobs j JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
     )
@@ -41,7 +48,10 @@ async fn a_duplicate_redelivery_with_a_fresh_timestamp_is_acknowledged_and_not_e
         .await;
 
     let (status, json) = status_and_json(retry).await;
-    assert_eq!((status, json), (200, serde_json::json!({"status": "duplicate"})));
+    assert_eq!(
+        (status, json),
+        (200, serde_json::json!({"status": "duplicate"}))
+    );
     assert_eq!(app.count("events").await, 1);
     assert_eq!(app.count("jobs").await, 1);
 }
@@ -72,10 +82,8 @@ async fn twenty_concurrent_copies_of_one_delivery_give_exactly_one_event_and_one
 
 #[tokio::test]
 async fn a_delivery_signed_with_either_of_two_configured_secrets_is_accepted() {
-    let app = spawn_app_with(|f| {
-        f.merge(("webhook_secrets", format!("{SECRET},{OTHER_SECRET}")))
-    })
-    .await;
+    let app =
+        spawn_app_with(|f| f.merge(("webhook_secrets", format!("{SECRET},{OTHER_SECRET}")))).await;
     let body = batch_succeeded("batch_4");
 
     let old = app
@@ -111,7 +119,10 @@ async fn a_body_changed_by_one_byte_is_refused_as_an_invalid_signature() {
         .await;
 
     let (status, json) = status_and_json(response).await;
-    assert_eq!((status, json), (401, serde_json::json!({"error": "invalid_signature"})));
+    assert_eq!(
+        (status, json),
+        (401, serde_json::json!({"error": "invalid_signature"}))
+    );
     assert_eq!(app.count("events").await, 0);
 }
 
@@ -147,7 +158,10 @@ async fn a_signature_from_an_unknown_secret_is_refused() {
         .post_signed_at(&unique_id(), unix_now(), OTHER_SECRET, b"{}")
         .await;
     let (status, json) = status_and_json(response).await;
-    assert_eq!((status, json), (401, serde_json::json!({"error": "invalid_signature"})));
+    assert_eq!(
+        (status, json),
+        (401, serde_json::json!({"error": "invalid_signature"}))
+    );
 }
 
 #[tokio::test]
@@ -267,7 +281,10 @@ async fn verified_bodies_that_are_not_known_events_are_accepted_and_kept() {
 #[tokio::test]
 async fn a_body_at_the_limit_is_accepted_and_one_byte_more_is_too_large() {
     let app = spawn_app_with(|f| f.merge(("max_body_bytes", 1024))).await;
-    let at_limit = format!(r#"{{"type":"batch.expired","pad":"{}"}}"#, "x".repeat(1024 - 33));
+    let at_limit = format!(
+        r#"{{"type":"batch.expired","pad":"{}"}}"#,
+        "x".repeat(1024 - 33)
+    );
     assert_eq!(at_limit.len(), 1024);
     let over_limit = format!("{at_limit} ");
 
