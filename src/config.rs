@@ -12,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
 
-use crate::verify::{Keys, Policy, SecretError, WebhookSecret};
+use crate::verify::{Keys, Policy, PublicKey, PublicKeyError, SecretError, WebhookSecret};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -26,6 +26,14 @@ pub enum ConfigError {
         count: usize,
         reason: SecretError,
     },
+    #[error("public key #{position} of {count} is invalid: {reason}")]
+    PublicKey {
+        position: usize,
+        count: usize,
+        reason: PublicKeyError,
+    },
+    #[error("jwks_url is not a valid http(s) URL")]
+    JwksUrl,
     #[error(
         "no database URL: set GEMHOOK_DATABASE_URL (or DATABASE_URL, or database_url in the file)"
     )]
@@ -76,6 +84,17 @@ pub struct Settings {
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
+    #[serde(deserialize_with = "comma_separated")]
+    pub public_keys: Vec<Redacted>,
+    pub dynamic_webhooks: bool,
+    pub jwks_url: String,
+    pub jwks_ttl_secs: u64,
+    pub jwks_min_refresh_secs: u64,
+    pub accept_jwt: bool,
+    #[serde(default)]
+    pub jwt_audience: Option<String>,
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
 }
 
 impl Settings {
@@ -104,6 +123,9 @@ impl Settings {
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.keys()?;
+        if settings.dynamic_webhooks {
+            settings.jwks_url()?;
+        }
         Ok(settings)
     }
 
@@ -131,16 +153,39 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let count = self.public_keys.len();
+        let public_keys = self
+            .public_keys
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                PublicKey::parse(text.expose()).map_err(|reason| ConfigError::PublicKey {
+                    position: index + 1,
+                    count,
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Keys {
             secrets,
-            ..Keys::default()
+            public_keys,
         })
+    }
+
+    /// Where Google's key set is fetched from (only meaningful with `dynamic_webhooks`).
+    pub fn jwks_url(&self) -> Result<reqwest::Url, ConfigError> {
+        reqwest::Url::parse(&self.jwks_url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .ok_or(ConfigError::JwksUrl)
     }
 
     pub fn policy(&self) -> Policy {
         Policy {
             tolerance_secs: self.timestamp_tolerance_secs,
-            ..Policy::default()
+            accept_jwt: self.accept_jwt,
+            jwt_audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            jwt_issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
         }
     }
 

@@ -3,11 +3,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, Settings};
 use crate::http::{self, AppState};
+use crate::jwks::JwksCache;
 use crate::store::{ConnectOptions, Store, StoreError};
 
 /// Which parts of gemhook this process runs.
@@ -33,6 +35,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("the database is not usable")]
     Store(#[from] StoreError),
+    #[error("the HTTP client could not be built")]
+    HttpClient(#[source] reqwest::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -63,10 +67,16 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
+        let jwks = if settings.dynamic_webhooks && role.receives() {
+            Some(jwks_cache(settings)?)
+        } else {
+            None
+        };
         let state = AppState::new(
             store.clone(),
             keys,
             settings.policy(),
+            jwks,
             settings.max_body_bytes,
         );
         let router = http::router(state, role.receives());
@@ -110,6 +120,22 @@ pub fn connect(settings: &Settings) -> Result<Store, StartupError> {
         acquire_timeout: settings.database_acquire_timeout(),
     };
     Ok(Store::connect_lazy(settings.database_url()?, &options)?)
+}
+
+/// Google's key set, fetched in the background from now on: start-up never waits for Google.
+fn jwks_cache(settings: &Settings) -> Result<JwksCache, StartupError> {
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("gemhook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(StartupError::HttpClient)?;
+    let cache = JwksCache::new(
+        settings.jwks_url()?,
+        client,
+        Duration::from_secs(settings.jwks_ttl_secs),
+        Duration::from_secs(settings.jwks_min_refresh_secs),
+    );
+    cache.spawn_initial_fetch();
+    Ok(cache)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use crate::jwks::JwksCache;
 use crate::store::Store;
 use crate::verify::{Keys, Policy};
 
@@ -27,16 +28,25 @@ struct Shared {
     store: Store,
     keys: Keys,
     policy: Policy,
+    /// Google's published keys, when dynamic webhooks are on.
+    jwks: Option<JwksCache>,
     max_body_bytes: usize,
 }
 
 impl AppState {
-    pub fn new(store: Store, keys: Keys, policy: Policy, max_body_bytes: usize) -> Self {
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        policy: Policy,
+        jwks: Option<JwksCache>,
+        max_body_bytes: usize,
+    ) -> Self {
         AppState {
             inner: Arc::new(Shared {
                 store,
                 keys,
                 policy,
+                jwks,
                 max_body_bytes,
             }),
         }

@@ -9,11 +9,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tracing::{Instrument, field};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Shared};
 use crate::envelope;
+use crate::jwks::JwksCache;
 use crate::store::{NewEvent, Recorded};
 use crate::telemetry::error_chain;
-use crate::verify::{self, Rejection, WebhookHeaders};
+use crate::verify::{self, CheckedHeaders, Rejection, Verified, WebhookHeaders};
 
 const WEBHOOK_ID: &str = "webhook-id";
 const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
@@ -80,14 +81,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
     let checked = verify::check_headers(&webhook_headers)?;
     tracing::Span::current().record("webhook_id", checked.id);
 
-    let verified = verify::verify_checked(
-        &checked,
-        &body,
-        &shared.keys,
-        None,
-        &shared.policy,
-        unix_now(),
-    )?;
+    let verified = verify_signature(shared, &checked, &body).await?;
 
     let envelope = envelope::parse(&body);
     if let Some(event_type) = &envelope.event_type {
@@ -107,6 +101,49 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
         .record_delivery(&event)
         .await
         .map_err(ApiError::Unavailable)
+}
+
+/// Verifies against the configured keys and the cached JWKS. When nothing verifies and Google's
+/// keys could have (a `v1a` entry, or a JWT we accept), the JWKS is refetched once (the cache
+/// rate-limits and shares refetches) and the delivery is tried again: Google may have added a
+/// key since our last fetch.
+async fn verify_signature(
+    shared: &Shared,
+    checked: &CheckedHeaders<'_>,
+    body: &[u8],
+) -> Result<Verified, Rejection> {
+    let now = unix_now();
+    let published = shared.jwks.as_ref().and_then(JwksCache::current);
+    let first = verify::verify_checked(
+        checked,
+        body,
+        &shared.keys,
+        published.as_deref(),
+        &shared.policy,
+        now,
+    );
+    let Some(jwks) = &shared.jwks else {
+        return first;
+    };
+    let signature = checked.signature;
+    let has_v1a = verify::signature_entries(signature).any(|entry| entry.version == "v1a");
+    let refetch_could_help =
+        has_v1a || (shared.policy.accept_jwt && verify::wants_published_keys(signature));
+    if first != Err(Rejection::InvalidSignature) || !refetch_could_help {
+        return first;
+    }
+    if !jwks.refresh_after_miss().await {
+        return first;
+    }
+    let published = jwks.current();
+    verify::verify_checked(
+        checked,
+        body,
+        &shared.keys,
+        published.as_deref(),
+        &shared.policy,
+        now,
+    )
 }
 
 /// Reads the whole body, refusing more than `limit` bytes. A declared Content-Length over the

@@ -146,6 +146,9 @@ pub fn test_settings(db: &TestDatabase) -> Figment {
         .merge(("listen", "127.0.0.1:0"))
         .merge(("webhook_secrets", SECRET))
         .merge(("database_acquire_timeout_ms", 500))
+        // Hermetic by default: no fetch of Google's JWKS. Dynamic tests turn it on against a
+        // local stand-in.
+        .merge(("dynamic_webhooks", false))
 }
 
 pub async fn spawn_app() -> TestApp {

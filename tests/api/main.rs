@@ -2,6 +2,7 @@
 //! One test binary, so the crate and its dependencies link once.
 
 mod availability;
+mod dynamic;
 mod helpers;
 mod process;
 mod receive;
