@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::IngestPlan;
 use crate::config::Settings;
+use crate::send::{SecretCommand, SendArgs};
 use crate::startup::{self, Application, Role};
-use crate::store::{EventRecord, EventSummary};
+use crate::store::{EventRecord, EventSummary, JobId, Requeued};
 use crate::telemetry;
 use crate::verify::WebhookSecret;
 
@@ -43,10 +44,50 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Inspect and re-queue jobs (the worker's queue).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Process a stored event again: its job is re-queued.
+    Replay { webhook_id: String },
+    /// Secrets for signing deliveries.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// Build, sign and POST a realistic Gemini event (like `stripe trigger`).
+    Send(SendArgs),
     /// Load generators for measuring a running receiver.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The newest jobs first.
+    List {
+        #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded", "cancelled"])]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One job: every attempt's error, its lease and its result.
+    Show {
+        job_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-queue a job (attempts start again), or every discarded job with --discarded.
+    Retry {
+        #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
+        job_id: Option<i64>,
+        #[arg(long)]
+        discarded: bool,
     },
 }
 
@@ -96,9 +137,29 @@ pub enum EventsCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
-    telemetry::init(settings.log_format);
     match cli.command {
+        // Neither needs configuration or a database, and `secret generate` prints only the
+        // secret (so `$(gemhook secret generate)` works).
+        Command::Secret { command } => {
+            println!("{}", crate::send::run_secret(command)?);
+            Ok(())
+        }
+        Command::Send(args) => {
+            let outcome = crate::send::send(args).await.context("gemhook send")?;
+            println!("{outcome}");
+            if outcome.reply.is_some() && !outcome.is_success() {
+                anyhow::bail!("the receiver did not accept the event");
+            }
+            Ok(())
+        }
+        command => run_configured(cli.config.as_deref(), command).await,
+    }
+}
+
+async fn run_configured(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<()> {
+    let settings = Settings::load(config).context("invalid configuration")?;
+    telemetry::init(settings.log_format);
+    match command {
         Command::Serve { role } => serve(&settings, role).await,
         Command::Migrate => {
             let store = startup::connect(&settings)?;
@@ -107,7 +168,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Events { command } => events(&settings, command).await,
+        Command::Jobs { command } => jobs(&settings, command).await,
+        Command::Replay { webhook_id } => {
+            let store = startup::connect(&settings)?;
+            let outcome = store.replay_event(&webhook_id).await.context("replaying")?;
+            report_requeued(outcome, &format!("event {webhook_id}"))
+        }
         Command::Bench { command } => bench(command).await,
+        Command::Secret { .. } | Command::Send(_) => Ok(()),
     }
 }
 
@@ -174,6 +242,93 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
+    let store = startup::connect(settings)?;
+    match command {
+        JobsCommand::List { state, json, limit } => {
+            let jobs = store
+                .list_jobs(state.as_deref(), limit)
+                .await
+                .context("listing jobs")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                println!(
+                    "{:<8} {:<10} {:<7} {:<28} {:<40} LAST ERROR",
+                    "ID", "STATE", "ATTEMPT", "TYPE", "WEBHOOK_ID"
+                );
+                for job in jobs {
+                    println!(
+                        "{:<8} {:<10} {:<7} {:<28} {:<40} {}",
+                        job.id,
+                        job.state,
+                        job.attempt,
+                        job.event_type.as_deref().unwrap_or("-"),
+                        job.webhook_id,
+                        job.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        JobsCommand::Show { job_id, json } => {
+            let job = store
+                .find_job(JobId(job_id))
+                .await
+                .context("reading the job")?
+                .with_context(|| format!("no job {job_id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                let j = &job.summary;
+                println!("job:          {}", j.id);
+                println!("webhook_id:   {}", j.webhook_id);
+                println!("type:         {}", j.event_type.as_deref().unwrap_or("-"));
+                println!("state:        {}", j.state);
+                println!("attempt:      {}", j.attempt);
+                println!("scheduled_at: {}", j.scheduled_at.to_rfc3339());
+                if let Some(by) = &job.locked_by {
+                    println!("locked_by:    {by}");
+                }
+                println!(
+                    "errors:       {}",
+                    serde_json::to_string_pretty(&job.errors)?
+                );
+                if let Some(result) = &job.result {
+                    println!("result:       {}", serde_json::to_string_pretty(result)?);
+                }
+            }
+        }
+        JobsCommand::Retry {
+            job_id: Some(job_id),
+            ..
+        } => {
+            let outcome = store
+                .requeue_job(JobId(job_id))
+                .await
+                .context("re-queueing")?;
+            report_requeued(outcome, &format!("job {job_id}"))?;
+        }
+        JobsCommand::Retry { job_id: None, .. } => {
+            let count = store.requeue_discarded().await.context("re-queueing")?;
+            println!("{count} discarded job(s) re-queued");
+        }
+    }
+    Ok(())
+}
+
+fn report_requeued(outcome: Requeued, what: &str) -> anyhow::Result<()> {
+    match outcome {
+        Requeued::Queued(job) => {
+            println!("{what}: job {job} re-queued");
+            Ok(())
+        }
+        Requeued::Running => {
+            anyhow::bail!("{what}: its job is running right now; try again when it ends")
+        }
+        Requeued::NotFound => anyhow::bail!("{what}: not found"),
+    }
 }
 
 fn print_event_table(events: &[EventSummary]) {

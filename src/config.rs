@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
 
 use crate::verify::{Keys, Policy, PublicKey, PublicKeyError, SecretError, WebhookSecret};
+use crate::worker::WorkerSettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -52,6 +53,12 @@ impl Redacted {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<String> for Redacted {
+    fn from(value: String) -> Self {
+        Redacted(value)
     }
 }
 
@@ -95,6 +102,20 @@ pub struct Settings {
     pub jwt_audience: Option<String>,
     #[serde(default)]
     pub jwt_issuer: Option<String>,
+    pub worker_concurrency: usize,
+    pub poll_interval_ms: u64,
+    pub max_attempts: i32,
+    pub worker_lease_secs: u64,
+    #[serde(default)]
+    pub gemini_api_key: Option<Redacted>,
+    pub gemini_base_url: String,
+    #[serde(deserialize_with = "comma_separated")]
+    pub allowed_hosts: Vec<String>,
+    pub gemini_connect_timeout_secs: u64,
+    pub gemini_read_timeout_secs: u64,
+    pub results_dir: std::path::PathBuf,
+    #[serde(default)]
+    pub results_url: Option<String>,
 }
 
 impl Settings {
@@ -110,8 +131,9 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            // DATABASE_URL is the convention of most platforms; GEMHOOK_DATABASE_URL wins.
-            .merge(Env::raw().only(&["DATABASE_URL"]))
+            // DATABASE_URL and GEMINI_API_KEY are the conventions of most platforms and of
+            // Google's SDKs; the GEMHOOK_ names win when both are set.
+            .merge(Env::raw().only(&["DATABASE_URL", "GEMINI_API_KEY"]))
             .merge(Env::prefixed("GEMHOOK_"))
     }
 
@@ -193,13 +215,35 @@ impl Settings {
         Duration::from_millis(self.database_acquire_timeout_ms)
     }
 
+    pub fn worker(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.worker_concurrency.max(1),
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            lease: Duration::from_secs(self.worker_lease_secs.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            shutdown_grace: self.shutdown_grace(),
+        }
+    }
+
+    /// The API key, when one is configured (an empty value counts as none).
+    pub fn gemini_api_key(&self) -> Option<&str> {
+        self.gemini_api_key
+            .as_ref()
+            .map(Redacted::expose)
+            .filter(|key| !key.is_empty())
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
 /// Accepts a list, or one string of comma-separated items (the environment's form).
-fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Redacted>, D::Error> {
+fn comma_separated<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -214,7 +258,7 @@ fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Red
         .into_iter()
         .map(|item| item.trim().to_owned())
         .filter(|item| !item.is_empty())
-        .map(Redacted)
+        .map(T::from)
         .collect())
 }
 

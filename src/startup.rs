@@ -6,11 +6,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
+use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
 use crate::http::{self, AppState};
 use crate::jwks::JwksCache;
+use crate::results::ResultsStore;
 use crate::store::{ConnectOptions, Store, StoreError};
+use crate::worker::{Follower, Worker};
 
 /// Which parts of gemhook this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,6 +31,10 @@ impl Role {
     pub fn receives(self) -> bool {
         matches!(self, Role::Receiver | Role::All)
     }
+
+    pub fn works(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,10 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("the database is not usable")]
     Store(#[from] StoreError),
+    #[error("the Gemini client settings are invalid")]
+    Gemini(#[from] crate::gemini::ConfigError),
+    #[error("the results store cannot be opened")]
+    Results(#[from] crate::results::ResultsError),
     #[error("the HTTP client could not be built")]
     HttpClient(#[source] reqwest::Error),
     #[error("cannot listen on {addr}")]
@@ -49,6 +61,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Store,
+    worker: Option<Worker>,
 }
 
 impl Application {
@@ -80,10 +93,16 @@ impl Application {
             settings.max_body_bytes,
         );
         let router = http::router(state, role.receives());
+        let worker = if role.works() {
+            Some(build_worker(settings, store.clone())?)
+        } else {
+            None
+        };
         Ok(Application {
             listener,
             router,
             store,
+            worker,
         })
     }
 
@@ -97,19 +116,36 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// and closes the database pool.
+    /// Serves (and works, for the worker roles) until `shutdown` resolves; then the server
+    /// stops accepting and lets in-flight requests finish, the worker stops claiming and drains,
+    /// and the database pool is closed.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "gemhook listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        self.store.close().await;
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let addr = self.local_addr();
+        let store = self.store.clone();
+        let worker = self.worker.map(|worker| {
+            store.listen_for_jobs();
+            let stop = stop.clone();
+            tokio::spawn(async move { worker.run(stop).await })
+        });
+        tracing::info!(%addr, "gemhook listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await;
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        store.close().await;
         tracing::info!("gemhook stopped");
-        Ok(())
+        served
     }
 }
 
@@ -120,6 +156,46 @@ pub fn connect(settings: &Settings) -> Result<Store, StartupError> {
         acquire_timeout: settings.database_acquire_timeout(),
     };
     Ok(Store::connect_lazy(settings.database_url()?, &options)?)
+}
+
+/// The worker described by the settings, on `store`.
+pub fn build_worker(settings: &Settings, store: Store) -> Result<Worker, StartupError> {
+    let base_url = reqwest::Url::parse(&settings.gemini_base_url).map_err(|_| {
+        crate::gemini::ConfigError::InvalidBaseUrl {
+            reason: "gemini_base_url is not a URL".into(),
+        }
+    })?;
+    let gemini = match settings.gemini_api_key() {
+        Some(key) => Some(GeminiClient::new(ClientSettings {
+            base_url: settings.gemini_base_url.clone(),
+            api_key: ApiKey::new(key),
+            allowed_hosts: settings.allowed_hosts.clone(),
+            connect_timeout: Duration::from_secs(settings.gemini_connect_timeout_secs),
+            read_timeout: Duration::from_secs(settings.gemini_read_timeout_secs),
+        })?),
+        None => {
+            tracing::warn!(
+                "GEMINI_API_KEY is not set: jobs that need Gemini will be dead-lettered until it is (then `gemhook jobs retry --discarded`)"
+            );
+            None
+        }
+    };
+    let allowed = match &gemini {
+        Some(client) => client.allowed_origins().clone(),
+        None => AllowedOrigins::new(&base_url, &settings.allowed_hosts)?,
+    };
+    let results = ResultsStore::open(&settings.results_dir, settings.results_url.as_deref())?;
+    let follower = Follower {
+        gemini,
+        results,
+        policy: PointerPolicy {
+            allowed,
+            // Reading gs:// needs Cloud Storage credentials gemhook does not take yet.
+            follow_gcs: false,
+        },
+        store: store.clone(),
+    };
+    Ok(Worker::new(store, follower, settings.worker()))
 }
 
 /// Google's key set, fetched in the background from now on: start-up never waits for Google.

@@ -4,13 +4,16 @@
 //! (Postgres for production, an embedded one later), static dispatch keeps the ack path free of
 //! boxing, and the HTTP and worker modules never see SQL.
 
+mod pg_jobs;
 mod postgres;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::envelope::Envelope;
 use crate::verify::Scheme;
@@ -176,6 +179,222 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// A job a worker has claimed, with what it needs from its event.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    /// 1 for the first attempt; the finish guards compare it.
+    pub attempt: i32,
+    pub webhook_id: String,
+    pub event_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What following a pointer produced, recorded with the job's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobResult {
+    pub resource_kind: &'static str,
+    pub resource_id: Option<String>,
+    /// `stored`, `recorded`, `nothing` or `not_followable`.
+    pub outcome: &'static str,
+    pub location: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub summary: serde_json::Value,
+}
+
+/// A result already stored for a resource, reusable by another delivery of the same resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    pub location: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+    pub summary: serde_json::Value,
+}
+
+/// One line of `gemhook jobs list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub webhook_id: String,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub state: String,
+    pub attempt: i32,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// Everything about one job: every attempt's error and the result.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub errors: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+}
+
+/// What `gemhook replay` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// The job is available again.
+    Queued(JobId),
+    /// A worker is running it right now; nothing changed.
+    Running,
+    /// No such event or job.
+    NotFound,
+}
+
+impl Store {
+    /// Claims up to `limit` runnable jobs for `worker_id`, leased for `lease`.
+    pub async fn claim_jobs(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.claim_jobs(worker_id, lease, limit).await,
+        }
+    }
+
+    /// Extends a running job's lease; false when the job is no longer ours.
+    pub async fn heartbeat(
+        &self,
+        job: &ClaimedJob,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.heartbeat(job, worker_id, lease).await,
+        }
+    }
+
+    /// Marks the job completed and records its result, if it is still this attempt's.
+    pub async fn complete_if_running(
+        &self,
+        job: &ClaimedJob,
+        result: &JobResult,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.complete_if_running(job, result).await,
+        }
+    }
+
+    /// Schedules another attempt after `delay`, keeping the error.
+    pub async fn retry_if_running(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.retry_if_running(job, error, delay).await,
+        }
+    }
+
+    /// Dead-letters the job with its final error (and a result, when there is one to keep).
+    pub async fn discard_if_running(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        result: Option<&JobResult>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.discard_if_running(job, error, result).await,
+        }
+    }
+
+    /// Gives a running job back (shutdown): available at once, the attempt not counted.
+    pub async fn release_if_running(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.release_if_running(job).await,
+        }
+    }
+
+    /// Running jobs whose lease expired (their worker died) become retryable, or discarded when
+    /// they had their last attempt. Returns how many were rescued.
+    pub async fn rescue_expired_leases(&self, max_attempts: i32) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.rescue_expired_leases(max_attempts).await,
+        }
+    }
+
+    /// A result another job already stored for this resource.
+    pub async fn find_stored_result(
+        &self,
+        resource_kind: &str,
+        resource_id: &str,
+        except_job: JobId,
+    ) -> Result<Option<StoredResult>, StoreError> {
+        match self {
+            Store::Postgres(s) => {
+                s.find_stored_result(resource_kind, resource_id, except_job)
+                    .await
+            }
+        }
+    }
+
+    pub async fn list_jobs(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<JobSummary>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.list_jobs(state, limit).await,
+        }
+    }
+
+    pub async fn find_job(&self, id: JobId) -> Result<Option<JobDetail>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.find_job(id).await,
+        }
+    }
+
+    /// Re-queues one job that is not running (attempts start again from zero).
+    pub async fn requeue_job(&self, id: JobId) -> Result<Requeued, StoreError> {
+        match self {
+            Store::Postgres(s) => s.requeue_job(id).await,
+        }
+    }
+
+    /// Re-queues every discarded job; returns how many.
+    pub async fn requeue_discarded(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.requeue_discarded().await,
+        }
+    }
+
+    /// Processes a stored event again: its job is re-queued.
+    pub async fn replay_event(&self, webhook_id: &str) -> Result<Requeued, StoreError> {
+        match self {
+            Store::Postgres(s) => s.replay_event(webhook_id).await,
+        }
+    }
+
+    /// Resolves when new jobs may be runnable: a wake-up from this process's receiver, or from
+    /// any process through the database. Spurious wake-ups are harmless (the claim finds
+    /// nothing).
+    pub fn job_wakeups(&self) -> Arc<Notify> {
+        match self {
+            Store::Postgres(s) => s.job_wakeups(),
+        }
+    }
+
+    /// Starts delivering other processes' wake-ups to [`Store::job_wakeups`] (Postgres
+    /// `LISTEN`); a no-op where the backend has no such channel.
+    pub fn listen_for_jobs(&self) {
+        match self {
+            Store::Postgres(s) => s.listen_for_jobs(),
         }
     }
 }

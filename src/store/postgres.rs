@@ -1,6 +1,11 @@
 //! The Postgres backend: one small function per statement.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -17,7 +22,9 @@ pub const JOBS_CHANNEL: &str = "gemhook_jobs";
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
+    /// Woken when this process enqueues a job, and by `LISTEN` for other processes' jobs.
+    pub(super) wakeups: Arc<Notify>,
 }
 
 impl PgStore {
@@ -32,7 +39,10 @@ impl PgStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect);
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            wakeups: Arc::new(Notify::new()),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -99,7 +109,11 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match job_id {
-            Some(id) => Recorded::Accepted { job_id: JobId(id) },
+            Some(id) => {
+                // A worker in this process starts at once, without the NOTIFY round trip.
+                self.wakeups.notify_one();
+                Recorded::Accepted { job_id: JobId(id) }
+            }
             None => Recorded::Duplicate,
         })
     }
@@ -141,6 +155,45 @@ impl PgStore {
             })
         })
         .transpose()
+    }
+
+    pub fn job_wakeups(&self) -> Arc<Notify> {
+        self.wakeups.clone()
+    }
+
+    /// Forwards `NOTIFY gemhook_jobs` from any process to [`Self::job_wakeups`], reconnecting
+    /// after errors. Missing a notification costs at most one poll interval, never a job.
+    pub fn listen_for_jobs(&self) {
+        let pool = self.pool.clone();
+        let wakeups = self.wakeups.clone();
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if let Err(error) = listener.listen(JOBS_CHANNEL).await {
+                            tracing::warn!(error = %crate::telemetry::error_chain(&error), "LISTEN failed");
+                        } else {
+                            // A (re)connection may have missed notifications: look once.
+                            wakeups.notify_one();
+                            while let Ok(_notification) = listener.recv().await {
+                                wakeups.notify_one();
+                            }
+                        }
+                    }
+                    Err(error) if pool.is_closed() => {
+                        tracing::debug!(error = %error, "job listener stopped: pool closed");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&error), "job listener cannot connect");
+                    }
+                }
+                if pool.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     pub async fn close(&self) {

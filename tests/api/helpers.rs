@@ -8,6 +8,7 @@ use figment::Figment;
 use gemhook::config::Settings;
 use gemhook::startup::{Application, Role};
 use gemhook::verify::{WebhookSecret, sign_v1};
+use gemhook::worker::Worker;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 
@@ -15,6 +16,9 @@ use sqlx::{ConnectOptions, Connection, Executor};
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A second secret, for rotation tests.
 pub const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// The API key the test apps' workers use; the Gemini stand-in checks it.
+pub const GEMINI_API_KEY: &str = "test-gemini-key-3f9a";
 
 /// A batch.succeeded body like the one Gemini's docs publish.
 pub fn batch_succeeded(batch_id: &str) -> String {
@@ -131,17 +135,30 @@ fn database_url_for(admin_url: &str, name: &str) -> String {
     }
 }
 
-/// The application under test, serving on a random port.
+/// The application under test, serving on a random port. Its worker is not running: tests
+/// drive it step by step with [`TestApp::run_worker_until_idle`].
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub db: TestDatabase,
+    pub settings: Settings,
+    pub results_dir: std::path::PathBuf,
     pub pool: PgPool,
+    // Last: dropped after the pool and the server's connections are done with.
+    pub db: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.results_dir);
+    }
 }
 
 /// The settings of a test app: built-in defaults, the test database, port 0, our secret.
-pub fn test_settings(db: &TestDatabase) -> Figment {
+pub fn test_settings(db: &TestDatabase, results_dir: &std::path::Path) -> Figment {
     Settings::defaults()
+        .merge(("results_dir", results_dir.to_string_lossy().into_owned()))
+        .merge(("gemini_api_key", GEMINI_API_KEY))
+        .merge(("gemini_read_timeout_secs", 2))
         .merge(("database_url", db.url.as_str()))
         .merge(("listen", "127.0.0.1:0"))
         .merge(("webhook_secrets", SECRET))
@@ -158,8 +175,9 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns the app with settings adjusted by `customise`.
 pub async fn spawn_app_with(customise: impl FnOnce(Figment) -> Figment) -> TestApp {
     let db = TestDatabase::create().await;
-    let settings = Settings::from_figment(customise(test_settings(&db))).unwrap();
-    let app = Application::build(&settings, Role::All).await.unwrap();
+    let results_dir = std::env::temp_dir().join(format!("gemhook-results-{}", db.name));
+    let settings = Settings::from_figment(customise(test_settings(&db, &results_dir))).unwrap();
+    let app = Application::build(&settings, Role::Receiver).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let pool = PgPoolOptions::new()
@@ -169,12 +187,58 @@ pub async fn spawn_app_with(customise: impl FnOnce(Figment) -> Figment) -> TestA
     TestApp {
         address,
         client: reqwest::Client::new(),
-        db,
+        settings,
+        results_dir,
         pool,
+        db,
     }
 }
 
 impl TestApp {
+    /// A worker on the app's database, with the app's settings.
+    pub fn worker(&self) -> Worker {
+        let store = gemhook::startup::connect(&self.settings).unwrap();
+        gemhook::startup::build_worker(&self.settings, store).unwrap()
+    }
+
+    /// Runs a worker until no job is runnable; returns how many attempts ran.
+    pub async fn run_worker_until_idle(&self) -> usize {
+        self.worker().run_until_idle().await
+    }
+
+    /// Moves every retryable job's schedule to now: the test's stand-in for waiting out the
+    /// backoff (whose length the tests check separately).
+    pub async fn make_retries_due(&self) {
+        sqlx::query("UPDATE jobs SET scheduled_at = now() WHERE state = 'retryable'")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// (state, attempt, number of errors kept) of the job of an event.
+    pub async fn job_of(&self, webhook_id: &str) -> (String, i32, i64) {
+        sqlx::query_as(
+            "SELECT j.state, j.attempt, jsonb_array_length(j.errors)::bigint
+             FROM jobs j JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
+        )
+        .bind(webhook_id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// The result row of an event's job as JSON, if any.
+    pub async fn result_of(&self, webhook_id: &str) -> Option<serde_json::Value> {
+        sqlx::query_scalar(
+            "SELECT to_jsonb(r) FROM results r JOIN jobs j ON j.id = r.job_id
+             JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
+        )
+        .bind(webhook_id)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+    }
+
     pub fn webhook_url(&self) -> String {
         format!("{}/webhooks/gemini", self.address)
     }

@@ -6,3 +6,5 @@ mod dynamic;
 mod helpers;
 mod process;
 mod receive;
+mod standin;
+mod worker;

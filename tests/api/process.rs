@@ -8,12 +8,12 @@ use std::time::Duration;
 use crate::helpers::*;
 
 /// A `gemhook` child process with its output captured.
-struct Gemhook {
+pub struct Gemhook {
     child: Child,
     output: Arc<Mutex<String>>,
 }
 
-fn gemhook_command(env: &[(&str, &str)]) -> Command {
+pub fn gemhook_command(env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gemhook"));
     // Only what the test says: nothing from the developer's environment leaks in.
     command
@@ -27,9 +27,14 @@ fn gemhook_command(env: &[(&str, &str)]) -> Command {
 
 impl Gemhook {
     /// Starts `gemhook serve` and waits until it logs the address it listens on.
-    fn serve(env: &[(&str, &str)]) -> (Gemhook, String) {
+    pub fn serve(env: &[(&str, &str)]) -> (Gemhook, String) {
+        Self::start(&["serve"], env)
+    }
+
+    /// Starts `gemhook <args>` (a serving command) and waits until it listens.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> (Gemhook, String) {
         let mut child = gemhook_command(env)
-            .args(["serve"])
+            .args(args)
             .env("GEMHOOK_LISTEN", "127.0.0.1:0")
             .env("GEMHOOK_LOG_FORMAT", "json")
             .stdout(Stdio::piped())
@@ -65,7 +70,7 @@ impl Gemhook {
         (Gemhook { child, output }, format!("http://{address}"))
     }
 
-    fn terminate(&self) {
+    pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -74,7 +79,7 @@ impl Gemhook {
     }
 
     /// Waits for the process to exit and returns whether it exited 0.
-    fn wait_success(&mut self) -> bool {
+    pub fn wait_success(&mut self) -> bool {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.success();
@@ -85,8 +90,18 @@ impl Gemhook {
         panic!("gemhook did not exit within 15 s");
     }
 
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process outright (SIGKILL): no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
