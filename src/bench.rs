@@ -27,6 +27,9 @@ pub struct IngestPlan {
     pub rate: Option<f64>,
     /// Share (0..1) of requests that repeat an earlier `webhook-id`.
     pub duplicate_share: f64,
+    /// The `type` of the events sent (`batch.succeeded` by default; `batch.expired` gives jobs
+    /// that need no download, for measuring the worker's pickup alone).
+    pub event_type: String,
 }
 
 /// What came back.
@@ -168,7 +171,8 @@ async fn send_one(shared: &Shared, index: u64) {
     };
     let id = format!("{}_{id_number}", shared.run);
     let body = format!(
-        r#"{{"type":"batch.succeeded","version":"v1","timestamp":"2026-01-22T12:00:00Z","data":{{"id":"batches/{id}","output_file_uri":"files/{id}"}}}}"#
+        r#"{{"type":"{}","version":"v1","timestamp":"2026-01-22T12:00:00Z","data":{{"id":"batches/{id}","output_file_uri":"files/{id}"}}}}"#,
+        plan.event_type
     );
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

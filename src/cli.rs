@@ -111,6 +111,9 @@ pub enum BenchCommand {
         /// Share of requests (0 to 1) that repeat an earlier webhook-id.
         #[arg(long, default_value_t = 0.0)]
         duplicate_share: f64,
+        /// The `type` of the events sent.
+        #[arg(long, default_value = "batch.succeeded")]
+        event_type: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -187,6 +190,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         concurrency,
         rate,
         duplicate_share,
+        event_type,
         json,
     } = command;
     let secret = WebhookSecret::parse(&secret)
@@ -198,6 +202,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         concurrency,
         rate,
         duplicate_share,
+        event_type,
     };
     let report = crate::bench::ingest(plan).await?;
     if json {
