@@ -90,6 +90,8 @@ pub struct Settings {
     pub auto_migrate: bool,
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
+    pub group_commit_writers: usize,
+    pub group_commit_max_batch: usize,
     pub shutdown_grace_secs: u64,
     #[serde(deserialize_with = "comma_separated")]
     pub public_keys: Vec<Redacted>,

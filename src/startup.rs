@@ -69,7 +69,13 @@ impl Application {
     /// listener. Nothing is served until [`Application::run_until_stopped`].
     pub async fn build(settings: &Settings, role: Role) -> Result<Application, StartupError> {
         let keys = settings.keys()?;
-        let store = connect(settings)?;
+        let mut store = connect(settings)?;
+        if role.receives() {
+            store = store.with_group_commit(
+                settings.group_commit_writers,
+                settings.group_commit_max_batch,
+            );
+        }
         if settings.auto_migrate {
             store.migrate().await?;
         }

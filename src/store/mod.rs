@@ -4,6 +4,7 @@
 //! (Postgres for production, an embedded one later), static dispatch keeps the ack path free of
 //! boxing, and the HTTP and worker modules never see SQL.
 
+mod group_commit;
 mod pg_jobs;
 mod postgres;
 
@@ -54,6 +55,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("applying migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database refused the batch this delivery was written in")]
+    Batch(#[source] Arc<sqlx::Error>),
+    #[error("the group-commit writer has stopped")]
+    WriterStopped,
 }
 
 /// How to connect.
@@ -139,6 +144,15 @@ impl Store {
             Ok(Store::Postgres(PgStore::connect_lazy(url, options)?))
         } else {
             Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    /// Routes `record_delivery` through a group-commit writer (see `group_commit`): `writers`
+    /// tasks, up to `max_batch` deliveries per transaction. `writers = 0` keeps one statement
+    /// per delivery. Backends whose writes are serialised anyway ignore it.
+    pub fn with_group_commit(self, writers: usize, max_batch: usize) -> Store {
+        match self {
+            Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, max_batch)),
         }
     }
 

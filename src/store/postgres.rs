@@ -11,6 +11,7 @@ use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Row, migrate::Migrator};
 
+use super::group_commit::GroupWriter;
 use super::{
     ConnectOptions, EventRecord, EventSummary, JobId, NewEvent, Readiness, Recorded, StoreError,
 };
@@ -25,6 +26,8 @@ pub struct PgStore {
     pub(super) pool: PgPool,
     /// Woken when this process enqueues a job, and by `LISTEN` for other processes' jobs.
     pub(super) wakeups: Arc<Notify>,
+    /// When set, deliveries are recorded in shared transactions (see `group_commit`).
+    writer: Option<Arc<GroupWriter>>,
 }
 
 impl PgStore {
@@ -42,7 +45,20 @@ impl PgStore {
         Ok(PgStore {
             pool,
             wakeups: Arc::new(Notify::new()),
+            writer: None,
         })
+    }
+
+    pub fn with_group_commit(mut self, writers: usize, max_batch: usize) -> PgStore {
+        self.writer = (writers > 0).then(|| {
+            Arc::new(GroupWriter::start(
+                self.pool.clone(),
+                self.wakeups.clone(),
+                writers,
+                max_batch,
+            ))
+        });
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -81,6 +97,9 @@ impl PgStore {
     /// together or not at all. `ON CONFLICT DO NOTHING` makes a concurrent duplicate wait for the
     /// first insert's commit and then insert nothing, so 20 simultaneous copies give one row each.
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
+        if let Some(writer) = &self.writer {
+            return writer.record(event).await;
+        }
         let job_id: Option<i64> = sqlx::query_scalar(
             r#"
             WITH new_event AS (

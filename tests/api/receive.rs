@@ -80,6 +80,48 @@ async fn twenty_concurrent_copies_of_one_delivery_give_exactly_one_event_and_one
     assert_eq!(app.count("jobs").await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_group_commit_concurrent_copies_still_give_one_event_and_one_job() {
+    let app = spawn_app_with(|f| f.merge(("group_commit_writers", 0))).await;
+    let id = unique_id();
+    let body = batch_succeeded("batch_simple");
+
+    let responses = futures::future::join_all((0..20).map(|_| app.post_signed(&id, &body))).await;
+
+    let accepted = responses.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(accepted, 20);
+    assert_eq!(app.count("events").await, 1);
+    assert_eq!(app.count("jobs").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_distinct_concurrent_deliveries_each_get_their_own_event_and_job() {
+    let app = spawn_app().await;
+    let deliveries: Vec<(String, String)> = (0..200)
+        .map(|_| {
+            let id = unique_id();
+            let body = batch_succeeded(&id);
+            (id, body)
+        })
+        .collect();
+
+    let responses = futures::future::join_all(
+        deliveries
+            .iter()
+            .map(|(id, body)| app.post_signed(id, body)),
+    )
+    .await;
+
+    for response in responses {
+        assert_eq!(
+            status_and_json(response).await,
+            (200, serde_json::json!({"status": "accepted"}))
+        );
+    }
+    assert_eq!(app.count("events").await, 200);
+    assert_eq!(app.count("jobs").await, 200);
+}
+
 #[tokio::test]
 async fn a_delivery_signed_with_either_of_two_configured_secrets_is_accepted() {
     let app =
