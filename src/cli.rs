@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::IngestPlan;
 use crate::config::Settings;
+use crate::retention;
 use crate::send::{SecretCommand, SendArgs};
 use crate::startup::{self, Application, Role};
-use crate::store::{EventRecord, EventSummary, JobId, Requeued};
+use crate::store::{EventFilter, EventRecord, EventSummary, JobFilter, JobId, Requeued};
 use crate::telemetry;
 use crate::verify::WebhookSecret;
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +53,23 @@ pub enum Command {
     },
     /// Process a stored event again: its job is re-queued.
     Replay { webhook_id: String },
+    /// The queue at a glance: jobs by state, the backlog's age, why jobs were dead-lettered.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete finished events (and their jobs and result rows) older than an age.
+    Prune {
+        /// At least 2d: Gemini retries for 24 hours and deduplication must outlive that.
+        #[arg(long, default_value = "7d", value_parser = parse_retention)]
+        older_than: std::time::Duration,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete dead-lettered (discarded) events too; they are kept otherwise.
+        #[arg(long)]
+        include_discarded: bool,
+    },
     /// Secrets for signing deliveries.
     Secret {
         #[command(subcommand)]
@@ -71,6 +90,12 @@ pub enum JobsCommand {
     List {
         #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded", "cancelled"])]
         state: Option<String>,
+        /// Only jobs of this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only jobs created since then: an age (1h, 2d) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<DateTime<Utc>>,
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 50)]
@@ -130,6 +155,15 @@ pub enum EventsCommand {
         /// How many events at most.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Only this event type (e.g. batch.succeeded).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this status.
+        #[arg(long, value_parser = ["accepted", "ignored", "unparseable"])]
+        status: Option<String>,
+        /// Only events received since then: an age (1h, 2d) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<DateTime<Utc>>,
     },
     /// Everything stored about one event, the raw body included.
     Show {
@@ -176,6 +210,26 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
             let store = startup::connect(&settings)?;
             let outcome = store.replay_event(&webhook_id).await.context("replaying")?;
             report_requeued(outcome, &format!("event {webhook_id}"))
+        }
+        Command::Stats { json } => stats(&settings, json).await,
+        Command::Prune {
+            older_than,
+            dry_run,
+            include_discarded,
+        } => {
+            let store = startup::connect(&settings)?;
+            let scope = retention::scope(older_than, Utc::now(), include_discarded);
+            if dry_run {
+                let count = store.count_prunable(&scope).await.context("counting")?;
+                println!(
+                    "{count} event(s) received before {} would be pruned",
+                    scope.cutoff
+                );
+            } else {
+                let count = retention::prune(&store, &scope).await.context("pruning")?;
+                println!("{count} event(s) received before {} pruned", scope.cutoff);
+            }
+            Ok(())
         }
         Command::Bench { command } => bench(command).await,
         Command::Secret { .. } | Command::Send(_) => Ok(()),
@@ -225,8 +279,22 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
 async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
     let store = startup::connect(settings)?;
     match command {
-        EventsCommand::List { json, limit } => {
-            let events = store.list_events(limit).await.context("listing events")?;
+        EventsCommand::List {
+            json,
+            limit,
+            event_type,
+            status,
+            since,
+        } => {
+            let filter = EventFilter {
+                event_type,
+                status,
+                since,
+            };
+            let events = store
+                .list_events(&filter, limit)
+                .await
+                .context("listing events")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&events)?);
             } else {
@@ -252,9 +320,20 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
 async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     let store = startup::connect(settings)?;
     match command {
-        JobsCommand::List { state, json, limit } => {
+        JobsCommand::List {
+            state,
+            event_type,
+            since,
+            json,
+            limit,
+        } => {
+            let filter = JobFilter {
+                state,
+                event_type,
+                since,
+            };
             let jobs = store
-                .list_jobs(state.as_deref(), limit)
+                .list_jobs(&filter, limit)
                 .await
                 .context("listing jobs")?;
             if json {
@@ -321,6 +400,52 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn stats(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let store = startup::connect(settings)?;
+    let queue = store.queue_stats().await.context("reading the queue")?;
+    let reasons = store
+        .discard_reasons(10)
+        .await
+        .context("reading dead letters")?;
+    if json {
+        let value = serde_json::json!({
+            "jobs": queue.by_state.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "backlog_age_secs": queue.backlog_age_secs,
+            "discard_reasons": reasons.iter().map(|(reason, count)| serde_json::json!({"reason": reason, "count": count})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("jobs by state:");
+    for (state, count) in &queue.by_state {
+        println!("  {state:<10} {count}");
+    }
+    println!("backlog age: {:.1} s", queue.backlog_age_secs);
+    if !reasons.is_empty() {
+        println!("dead letters by last error:");
+        for (reason, count) in &reasons {
+            println!("  {count:>6}  {reason}");
+        }
+    }
+    Ok(())
+}
+
+/// `--since`: an age before now (`1h`, `2d`) or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = retention::parse_age(text).map_err(|e| e.to_string())?;
+    let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
+    Ok(Utc::now() - age)
+}
+
+fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
+    retention::parse_age(text)
+        .and_then(retention::check)
+        .map_err(|e| e.to_string())
 }
 
 fn report_requeued(outcome: Requeued, what: &str) -> anyhow::Result<()> {

@@ -33,6 +33,8 @@ pub enum ConfigError {
         count: usize,
         reason: PublicKeyError,
     },
+    #[error("retention_days: {0}")]
+    Retention(#[from] crate::retention::RetentionError),
     #[error("jwks_url is not a valid http(s) URL")]
     JwksUrl,
     #[error(
@@ -81,6 +83,8 @@ pub enum LogFormat {
 pub struct Settings {
     pub listen: SocketAddr,
     #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
     pub database_url: Option<Redacted>,
     #[serde(deserialize_with = "comma_separated")]
     pub webhook_secrets: Vec<Redacted>,
@@ -92,6 +96,8 @@ pub struct Settings {
     pub database_acquire_timeout_ms: u64,
     pub group_commit_writers: usize,
     pub group_commit_max_batch: usize,
+    pub retention_days: u64,
+    pub prune_interval_secs: u64,
     pub shutdown_grace_secs: u64,
     #[serde(deserialize_with = "comma_separated")]
     pub public_keys: Vec<Redacted>,
@@ -147,6 +153,7 @@ impl Settings {
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.keys()?;
+        settings.retention()?;
         if settings.dynamic_webhooks {
             settings.jwks_url()?;
         }
@@ -233,6 +240,12 @@ impl Settings {
             .as_ref()
             .map(Redacted::expose)
             .filter(|key| !key.is_empty())
+    }
+
+    /// How long finished events are kept (at least two days).
+    pub fn retention(&self) -> Result<Duration, ConfigError> {
+        let age = Duration::from_secs(self.retention_days.saturating_mul(24 * 3600));
+        Ok(crate::retention::check(age)?)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

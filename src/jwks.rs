@@ -243,6 +243,7 @@ impl Inner {
                 state.last_error = None;
                 state.consecutive_failures = 0;
                 state.next_refresh_at = Some(now + lifetime);
+                crate::observe::jwks_fetch(true);
                 true
             }
             Err(error) => {
@@ -259,6 +260,7 @@ impl Inner {
                 );
                 state.last_error = Some(chain);
                 state.next_refresh_at = Some(Instant::now() + retry_in);
+                crate::observe::jwks_fetch(false);
                 false
             }
         }

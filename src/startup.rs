@@ -12,6 +12,7 @@ use crate::config::{ConfigError, Settings};
 use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
 use crate::http::{self, AppState};
 use crate::jwks::JwksCache;
+use crate::observe;
 use crate::results::ResultsStore;
 use crate::store::{ConnectOptions, Store, StoreError};
 use crate::worker::{Follower, Worker};
@@ -60,8 +61,12 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// `/metrics` on its own address, when `metrics_listen` is set.
+    metrics: Option<(TcpListener, axum::Router)>,
     store: Store,
     worker: Option<Worker>,
+    retention: Duration,
+    prune_interval: Duration,
 }
 
 impl Application {
@@ -97,8 +102,19 @@ impl Application {
             settings.policy(),
             jwks,
             settings.max_body_bytes,
+            observe::install(),
         );
-        let router = http::router(state, role.receives());
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_router =
+            metrics_listener.map(|listener| (listener, http::metrics_router(state.clone())));
+        let router = http::router(state, role.receives(), metrics_router.is_none());
         let worker = if role.works() {
             Some(build_worker(settings, store.clone())?)
         } else {
@@ -107,8 +123,11 @@ impl Application {
         Ok(Application {
             listener,
             router,
+            metrics: metrics_router,
             store,
             worker,
+            retention: settings.retention()?,
+            prune_interval: Duration::from_secs(settings.prune_interval_secs.max(1)),
         })
     }
 
@@ -137,11 +156,29 @@ impl Application {
         });
         let addr = self.local_addr();
         let store = self.store.clone();
+        crate::retention::spawn_pruner(
+            store.clone(),
+            self.retention,
+            self.prune_interval,
+            stop.clone(),
+        );
         let worker = self.worker.map(|worker| {
             store.listen_for_jobs();
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(stop).await })
         });
+        if let Some((listener, router)) = self.metrics {
+            let stop = stop.clone();
+            tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(error = %error, "the metrics listener failed");
+                }
+            });
+        }
         tracing::info!(%addr, "gemhook listening");
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())

@@ -11,6 +11,8 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::jwks::JwksCache;
 use crate::store::Store;
 use crate::verify::{Keys, Policy};
@@ -31,6 +33,7 @@ struct Shared {
     /// Google's published keys, when dynamic webhooks are on.
     jwks: Option<JwksCache>,
     max_body_bytes: usize,
+    metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -40,6 +43,7 @@ impl AppState {
         policy: Policy,
         jwks: Option<JwksCache>,
         max_body_bytes: usize,
+        metrics: PrometheusHandle,
     ) -> Self {
         AppState {
             inner: Arc::new(Shared {
@@ -48,18 +52,30 @@ impl AppState {
                 policy,
                 jwks,
                 max_body_bytes,
+                metrics,
             }),
         }
     }
 }
 
-/// The full router: webhooks (when `receive` is set) and health endpoints (always).
-pub fn router(state: AppState, receive: bool) -> Router {
+/// The main router: webhooks (when `receive` is set), health endpoints (always) and
+/// `/metrics` (unless it has a listener of its own).
+pub fn router(state: AppState, receive: bool, serve_metrics: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if receive {
         router = router.route(WEBHOOK_PATH, post(webhook::receive));
     }
+    if serve_metrics {
+        router = router.route("/metrics", get(health::metrics));
+    }
     router.with_state(state)
+}
+
+/// `/metrics` alone, for a separate listener (`metrics_listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
 }

@@ -12,6 +12,7 @@ use tracing::{Instrument, field};
 use super::{ApiError, AppState, Shared};
 use crate::envelope;
 use crate::jwks::JwksCache;
+use crate::observe;
 use crate::store::{NewEvent, Recorded};
 use crate::telemetry::error_chain;
 use crate::verify::{self, CheckedHeaders, Rejection, Verified, WebhookHeaders};
@@ -49,12 +50,14 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
                     Recorded::Duplicate => ("duplicate", r#"{"status":"duplicate"}"#),
                 };
                 span.record("outcome", outcome);
+                observe::delivery(outcome, started.elapsed());
                 tracing::info!("delivery {outcome}");
                 let json = HeaderValue::from_static("application/json");
                 ([(header::CONTENT_TYPE, json)], body).into_response()
             }
             Err(error) => {
                 span.record("outcome", error.code());
+                observe::delivery(error.code(), started.elapsed());
                 match &error {
                     ApiError::Unavailable(cause) => {
                         tracing::error!(error = %error_chain(cause), "delivery not stored");
@@ -82,6 +85,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
     tracing::Span::current().record("webhook_id", checked.id);
 
     let verified = verify_signature(shared, &checked, &body).await?;
+    observe::verified(verified.scheme.as_str());
 
     let envelope = envelope::parse(&body);
     if let Some(event_type) = &envelope.event_type {

@@ -177,9 +177,13 @@ impl Store {
     }
 
     /// The newest events first.
-    pub async fn list_events(&self, limit: i64) -> Result<Vec<EventSummary>, StoreError> {
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> Result<Vec<EventSummary>, StoreError> {
         match self {
-            Store::Postgres(s) => s.list_events(limit).await,
+            Store::Postgres(s) => s.list_events(filter, limit).await,
         }
     }
 
@@ -360,11 +364,11 @@ impl Store {
 
     pub async fn list_jobs(
         &self,
-        state: Option<&str>,
+        filter: &JobFilter,
         limit: i64,
     ) -> Result<Vec<JobSummary>, StoreError> {
         match self {
-            Store::Postgres(s) => s.list_jobs(state, limit).await,
+            Store::Postgres(s) => s.list_jobs(filter, limit).await,
         }
     }
 
@@ -409,6 +413,74 @@ impl Store {
     pub fn listen_for_jobs(&self) {
         match self {
             Store::Postgres(s) => s.listen_for_jobs(),
+        }
+    }
+}
+
+/// The queue at a glance: for metrics, readiness and `gemhook stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// Jobs per state (states with no job are absent).
+    pub by_state: Vec<(String, i64)>,
+    /// Seconds since the oldest runnable job became due; 0 when none waits. The number on-call
+    /// looks at first: it grows when workers are down or too few.
+    pub backlog_age_secs: f64,
+}
+
+impl Store {
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        match self {
+            Store::Postgres(s) => s.queue_stats().await,
+        }
+    }
+
+    /// Dead letters grouped by their last error, most common first.
+    pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.discard_reasons(limit).await,
+        }
+    }
+}
+
+/// Which events `gemhook events list` shows; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Which jobs `gemhook jobs list` shows; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// What retention may delete: events received before `cutoff` whose job is finished
+/// (`completed` or `cancelled`), and with `include_discarded` also dead letters, which are
+/// otherwise kept until retried or pruned explicitly. Deleting an event deletes its job and
+/// result rows; result objects in the results store are the user's data and stay.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneScope {
+    pub cutoff: DateTime<Utc>,
+    pub include_discarded: bool,
+}
+
+impl Store {
+    /// Deletes up to `batch` prunable events; returns how many. Small batches keep each
+    /// statement short, so pruning never holds locks the ack path waits on for long.
+    pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.prune_batch(scope, batch).await,
+        }
+    }
+
+    /// How many events [`Store::prune_batch`] would delete in all (for `--dry-run`).
+    pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.count_prunable(scope).await,
         }
     }
 }

@@ -12,7 +12,8 @@ use sqlx::postgres::PgRow;
 
 use super::postgres::{JOBS_CHANNEL, PgStore};
 use super::{
-    ClaimedJob, JobDetail, JobId, JobResult, JobSummary, Requeued, StoreError, StoredResult,
+    ClaimedJob, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
+    StoreError, StoredResult,
 };
 
 /// The error entry appended to `jobs.errors` for an attempt.
@@ -223,15 +224,19 @@ impl PgStore {
 
     pub async fn list_jobs(
         &self,
-        state: Option<&str>,
+        filter: &JobFilter,
         limit: i64,
     ) -> Result<Vec<JobSummary>, StoreError> {
         let rows = sqlx::query(&format!(
             "{JOB_SUMMARY_SELECT} WHERE ($1::text IS NULL OR j.state = $1)
+               AND ($3::text IS NULL OR e.event_type = $3)
+               AND ($4::timestamptz IS NULL OR j.created_at >= $4)
              ORDER BY j.id DESC LIMIT $2"
         ))
-        .bind(state)
+        .bind(filter.state.as_deref())
         .bind(limit)
+        .bind(filter.event_type.as_deref())
+        .bind(filter.since)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_summary).collect()
@@ -301,6 +306,36 @@ impl PgStore {
             Some(id) => self.requeue_job(JobId(id)).await,
             None => Ok(Requeued::NotFound),
         }
+    }
+}
+
+impl PgStore {
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let by_state: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        // Uses the partial runnable index: cheap however many finished jobs there are.
+        let backlog_age_secs: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM now() - min(scheduled_at)), 0)::float8 FROM jobs
+             WHERE state IN ('available', 'retryable') AND scheduled_at <= now()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            by_state,
+            backlog_age_secs: backlog_age_secs.max(0.0),
+        })
+    }
+
+    pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT coalesce(errors -> -1 ->> 'error', 'unknown'), count(*) FROM jobs
+             WHERE state = 'discarded' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 

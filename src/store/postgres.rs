@@ -13,7 +13,8 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::group_commit::GroupWriter;
 use super::{
-    ConnectOptions, EventRecord, EventSummary, JobId, NewEvent, Readiness, Recorded, StoreError,
+    ConnectOptions, EventFilter, EventRecord, EventSummary, JobId, NewEvent, PruneScope, Readiness,
+    Recorded, StoreError,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -137,17 +138,27 @@ impl PgStore {
         })
     }
 
-    pub async fn list_events(&self, limit: i64) -> Result<Vec<EventSummary>, StoreError> {
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> Result<Vec<EventSummary>, StoreError> {
         let rows = sqlx::query(
             r#"
             SELECT e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme, e.received_at,
                    j.state AS job_state
             FROM events e LEFT JOIN jobs j ON j.event_id = e.id
+            WHERE ($2::text IS NULL OR e.event_type = $2)
+              AND ($3::text IS NULL OR e.status = $3)
+              AND ($4::timestamptz IS NULL OR e.received_at >= $4)
             ORDER BY e.received_at DESC, e.id DESC
             LIMIT $1
             "#,
         )
         .bind(limit)
+        .bind(filter.event_type.as_deref())
+        .bind(filter.status.as_deref())
+        .bind(filter.since)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary_from_row).collect()
@@ -174,6 +185,31 @@ impl PgStore {
             })
         })
         .transpose()
+    }
+
+    pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "DELETE FROM events WHERE id IN (
+                 SELECT e.id FROM events e LEFT JOIN jobs j ON j.event_id = e.id
+                 WHERE {PRUNABLE} ORDER BY e.id LIMIT $3)"
+        ))
+        .bind(scope.cutoff)
+        .bind(scope.include_discarded)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM events e LEFT JOIN jobs j ON j.event_id = e.id WHERE {PRUNABLE}"
+        ))
+        .bind(scope.cutoff)
+        .bind(scope.include_discarded)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count as u64)
     }
 
     pub fn job_wakeups(&self) -> Arc<Notify> {
@@ -219,6 +255,11 @@ impl PgStore {
         self.pool.close().await;
     }
 }
+
+/// Old enough, and finished (or dead-lettered when asked): never a job still in flight.
+const PRUNABLE: &str =
+    "e.received_at < $1 AND (j.id IS NULL OR j.state IN ('completed', 'cancelled')
+    OR ($2 AND j.state = 'discarded'))";
 
 fn summary_from_row(row: &sqlx::postgres::PgRow) -> Result<EventSummary, StoreError> {
     Ok(EventSummary {

@@ -24,6 +24,7 @@ use tracing::Instrument;
 pub use decide::{Decision, FailureKind, decide};
 pub use follow::{Failure, Follower};
 
+use crate::observe;
 use crate::store::{ClaimedJob, Store};
 use crate::telemetry::error_chain;
 
@@ -252,6 +253,11 @@ impl Worker {
         let written = match outcome {
             Ok(result) => {
                 let written = store.complete_if_running(job, &result).await;
+                observe::job_attempt("completed", started.elapsed());
+                let reused = result.summary.get("reused").is_some();
+                if let (Some(bytes), false) = (result.size_bytes, reused) {
+                    observe::downloaded(bytes.max(0) as u64);
+                }
                 tracing::info!(outcome = result.outcome, elapsed_ms, "job completed");
                 written
             }
@@ -264,10 +270,13 @@ impl Worker {
                 );
                 match decision {
                     Decision::Retry { after } => {
+                        observe::job_attempt("retry", started.elapsed());
                         tracing::warn!(error = %failure.message, retry_in_secs = after.as_secs_f64(), elapsed_ms, "attempt failed; will retry");
                         store.retry_if_running(job, &failure.message, after).await
                     }
                     Decision::Discard => {
+                        observe::job_attempt("discarded", started.elapsed());
+                        observe::job_discarded(discard_reason(&failure));
                         tracing::error!(error = %failure.message, elapsed_ms, "job discarded");
                         store
                             .discard_if_running(job, &failure.message, failure.result.as_deref())
@@ -284,6 +293,16 @@ impl Worker {
                 tracing::error!(error = %error_chain(&error), "recording the job's outcome failed")
             }
         }
+    }
+}
+
+/// The `reason` label of a dead letter.
+fn discard_reason(failure: &Failure) -> &'static str {
+    match failure.kind {
+        FailureKind::Transient { .. } => "exhausted",
+        FailureKind::NotFound => "not_found",
+        FailureKind::Permanent if failure.result.is_some() => "not_followable",
+        FailureKind::Permanent => "permanent",
     }
 }
 

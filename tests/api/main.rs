@@ -4,6 +4,7 @@
 mod availability;
 mod dynamic;
 mod helpers;
+mod operations;
 mod process;
 mod receive;
 mod standin;
