@@ -53,6 +53,11 @@ pub enum Command {
     },
     /// Process a stored event again: its job is re-queued.
     Replay { webhook_id: String },
+    /// Hand-off deliveries: each (outcome, sink) pair.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// The queue at a glance: jobs by state, the backlog's age, why jobs were dead-lettered.
     Stats {
         #[arg(long)]
@@ -111,6 +116,26 @@ pub enum JobsCommand {
     Retry {
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
         job_id: Option<i64>,
+        #[arg(long)]
+        discarded: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// The newest deliveries first.
+    List {
+        #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded"])]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Re-queue a delivery, or every discarded one with --discarded.
+    Retry {
+        #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
+        delivery_id: Option<i64>,
         #[arg(long)]
         discarded: bool,
     },
@@ -212,6 +237,7 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
             report_requeued(outcome, &format!("event {webhook_id}"))
         }
         Command::Stats { json } => stats(&settings, json).await,
+        Command::Deliveries { command } => deliveries(&settings, command).await,
         Command::Prune {
             older_than,
             dry_run,
@@ -397,6 +423,50 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Retry { job_id: None, .. } => {
             let count = store.requeue_discarded().await.context("re-queueing")?;
             println!("{count} discarded job(s) re-queued");
+        }
+    }
+    Ok(())
+}
+
+async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Result<()> {
+    let store = startup::connect(settings)?;
+    match command {
+        DeliveriesCommand::List { state, json, limit } => {
+            let deliveries = store
+                .list_deliveries(state.as_deref(), limit)
+                .await
+                .context("listing deliveries")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&deliveries)?);
+            } else {
+                println!(
+                    "{:<8} {:<16} {:<10} {:<7} {:<40} LAST ERROR",
+                    "ID", "SINK", "STATE", "ATTEMPT", "WEBHOOK_ID"
+                );
+                for d in deliveries {
+                    println!(
+                        "{:<8} {:<16} {:<10} {:<7} {:<40} {}",
+                        d.id,
+                        d.sink,
+                        d.state,
+                        d.attempt,
+                        d.webhook_id,
+                        d.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        DeliveriesCommand::Retry { delivery_id, .. } => {
+            let count = store
+                .requeue_deliveries(delivery_id)
+                .await
+                .context("re-queueing")?;
+            match delivery_id {
+                Some(id) if count == 0 => {
+                    anyhow::bail!("delivery {id}: not found, or running right now")
+                }
+                _ => println!("{count} delivery(ies) re-queued"),
+            }
         }
     }
     Ok(())

@@ -33,6 +33,8 @@ pub enum ConfigError {
         count: usize,
         reason: PublicKeyError,
     },
+    #[error("sinks: {0}")]
+    Sinks(#[from] crate::deliver::SinkConfigError),
     #[error("retention_days: {0}")]
     Retention(#[from] crate::retention::RetentionError),
     #[error("jwks_url is not a valid http(s) URL")]
@@ -124,6 +126,9 @@ pub struct Settings {
     pub results_dir: std::path::PathBuf,
     #[serde(default)]
     pub results_url: Option<String>,
+    /// Where finished outcomes are handed off (`[[sinks]]` in the file; see `deliver::sinks`).
+    #[serde(default)]
+    pub sinks: Vec<crate::deliver::SinkConfig>,
 }
 
 impl Settings {
@@ -154,6 +159,7 @@ impl Settings {
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.keys()?;
         settings.retention()?;
+        crate::deliver::validate(&settings.sinks)?;
         if settings.dynamic_webhooks {
             settings.jwks_url()?;
         }

@@ -12,9 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+pub use startup::Server;
+
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod envelope;
 pub mod gemini;
 pub mod http;

@@ -2,7 +2,9 @@
 //! `run_until_stopped(shutdown)`. Separate steps so tests bind port 0 and read the port back.
 
 use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
+use crate::deliver::{Dispatcher, Handler, SinkSet};
 use crate::http::{self, AppState};
+use crate::telemetry::error_chain;
 use crate::jwks::JwksCache;
 use crate::observe;
 use crate::results::ResultsStore;
@@ -48,6 +52,8 @@ pub enum StartupError {
     Gemini(#[from] crate::gemini::ConfigError),
     #[error("the results store cannot be opened")]
     Results(#[from] crate::results::ResultsError),
+    #[error("the sinks are misconfigured")]
+    Sinks(#[from] crate::deliver::SinkConfigError),
     #[error("the HTTP client could not be built")]
     HttpClient(#[source] reqwest::Error),
     #[error("cannot listen on {addr}")]
@@ -65,6 +71,8 @@ pub struct Application {
     metrics: Option<(TcpListener, axum::Router)>,
     store: Store,
     worker: Option<Worker>,
+    /// Runs when sinks are configured.
+    dispatcher: Option<Dispatcher>,
     retention: Duration,
     prune_interval: Duration,
 }
@@ -73,6 +81,15 @@ impl Application {
     /// Connects to the database, applies migrations (unless `auto_migrate` is off) and binds the
     /// listener. Nothing is served until [`Application::run_until_stopped`].
     pub async fn build(settings: &Settings, role: Role) -> Result<Application, StartupError> {
+        Self::build_with_handlers(settings, role, HashMap::new()).await
+    }
+
+    /// [`Application::build`] with the embedding application's own handlers, by sink name.
+    pub async fn build_with_handlers(
+        settings: &Settings,
+        role: Role,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+    ) -> Result<Application, StartupError> {
         let keys = settings.keys()?;
         let mut store = connect(settings)?;
         if role.receives() {
@@ -115,10 +132,14 @@ impl Application {
         let metrics_router =
             metrics_listener.map(|listener| (listener, http::metrics_router(state.clone())));
         let router = http::router(state, role.receives(), metrics_router.is_none());
-        let worker = if role.works() {
-            Some(build_worker(settings, store.clone())?)
+        let (worker, dispatcher) = if role.works() {
+            let sinks = build_sinks(settings, handlers)?;
+            let worker = build_worker(settings, store.clone(), sinks.clone())?;
+            let dispatcher = (!sinks.is_empty())
+                .then(|| Dispatcher::new(store.clone(), sinks, settings.worker()));
+            (Some(worker), dispatcher)
         } else {
-            None
+            (None, None)
         };
         Ok(Application {
             listener,
@@ -126,6 +147,7 @@ impl Application {
             metrics: metrics_router,
             store,
             worker,
+            dispatcher,
             retention: settings.retention()?,
             prune_interval: Duration::from_secs(settings.prune_interval_secs.max(1)),
         })
@@ -167,6 +189,10 @@ impl Application {
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(stop).await })
         });
+        let dispatcher = self.dispatcher.map(|dispatcher| {
+            let stop = stop.clone();
+            tokio::spawn(async move { dispatcher.run(stop).await })
+        });
         if let Some((listener, router)) = self.metrics {
             let stop = stop.clone();
             tracing::info!(addr = %listener.local_addr()?, "metrics listening");
@@ -183,8 +209,8 @@ impl Application {
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await;
-        if let Some(worker) = worker {
-            let _ = worker.await;
+        for task in [worker, dispatcher].into_iter().flatten() {
+            let _ = task.await;
         }
         store.close().await;
         tracing::info!("gemhook stopped");
@@ -201,8 +227,31 @@ pub fn connect(settings: &Settings) -> Result<Store, StartupError> {
     Ok(Store::connect_lazy(settings.database_url()?, &options)?)
 }
 
-/// The worker described by the settings, on `store`.
-pub fn build_worker(settings: &Settings, store: Store) -> Result<Worker, StartupError> {
+/// The configured sinks, with the embedding application's handlers. NATS streams named in the
+/// configuration are created in the background (a broker that is down must not stop start-up:
+/// its deliveries wait and retry).
+pub fn build_sinks(
+    settings: &Settings,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+) -> Result<Arc<SinkSet>, StartupError> {
+    let sinks = Arc::new(SinkSet::from_config(&settings.sinks, handlers)?);
+    if !sinks.is_empty() {
+        let background = sinks.clone();
+        tokio::spawn(async move {
+            for (sink, error) in background.ensure_streams().await {
+                tracing::warn!(sink, error = %error_chain(&error), "could not ensure the sink's stream");
+            }
+        });
+    }
+    Ok(sinks)
+}
+
+/// The worker described by the settings, on `store`, handing off to `sinks`.
+pub fn build_worker(
+    settings: &Settings,
+    store: Store,
+    sinks: Arc<SinkSet>,
+) -> Result<Worker, StartupError> {
     let base_url = reqwest::Url::parse(&settings.gemini_base_url).map_err(|_| {
         crate::gemini::ConfigError::InvalidBaseUrl {
             reason: "gemini_base_url is not a URL".into(),
@@ -238,7 +287,7 @@ pub fn build_worker(settings: &Settings, store: Store) -> Result<Worker, Startup
         },
         store: store.clone(),
     };
-    Ok(Worker::new(store, follower, settings.worker()))
+    Ok(Worker::new(store, follower, settings.worker(), sinks))
 }
 
 /// Google's key set, fetched in the background from now on: start-up never waits for Google.
@@ -278,4 +327,56 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+/// Embedding gemhook: the application, plus the user's own handlers run by the worker with the
+/// same retries and dead letters as every other sink.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use gemhook::deliver::{HandlerError, Outcome};
+/// let settings = gemhook::config::Settings::load(None)?; // declares [[sinks]] kind = "handler", name = "mine"
+/// let app = gemhook::Server::new(settings)
+///     .handler("mine", |outcome: &Outcome| {
+///         let id = outcome.webhook_id.clone();
+///         async move {
+///             println!("{id} finished");
+///             Ok::<(), HandlerError>(())
+///         }
+///     })
+///     .build()
+///     .await?;
+/// app.run_until_stopped(gemhook::startup::shutdown_signal()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    settings: Settings,
+    role: Role,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Server {
+    pub fn new(settings: Settings) -> Server {
+        Server {
+            settings,
+            role: Role::All,
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Which parts run (`All` by default).
+    pub fn role(mut self, role: Role) -> Server {
+        self.role = role;
+        self
+    }
+
+    /// Registers the handler that the `kind = "handler"` sink named `name` calls.
+    pub fn handler(mut self, name: impl Into<String>, handler: impl Handler) -> Server {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    pub async fn build(self) -> Result<Application, StartupError> {
+        Application::build_with_handlers(&self.settings, self.role, self.handlers).await
+    }
 }

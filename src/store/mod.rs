@@ -5,6 +5,7 @@
 //! boxing, and the HTTP and worker modules never see SQL.
 
 mod group_commit;
+mod pg_deliveries;
 mod pg_jobs;
 mod postgres;
 
@@ -302,9 +303,10 @@ impl Store {
         &self,
         job: &ClaimedJob,
         result: &JobResult,
+        handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
         match self {
-            Store::Postgres(s) => s.complete_if_running(job, result).await,
+            Store::Postgres(s) => s.complete_if_running(job, result, handoff).await,
         }
     }
 
@@ -326,9 +328,10 @@ impl Store {
         job: &ClaimedJob,
         error: &str,
         result: Option<&JobResult>,
+        handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
         match self {
-            Store::Postgres(s) => s.discard_if_running(job, error, result).await,
+            Store::Postgres(s) => s.discard_if_running(job, error, result, handoff).await,
         }
     }
 
@@ -408,6 +411,13 @@ impl Store {
         }
     }
 
+    /// Like [`Store::job_wakeups`], for hand-off deliveries.
+    pub fn delivery_wakeups(&self) -> Arc<Notify> {
+        match self {
+            Store::Postgres(s) => s.delivery_wakeups(),
+        }
+    }
+
     /// Starts delivering other processes' wake-ups to [`Store::job_wakeups`] (Postgres
     /// `LISTEN`); a no-op where the backend has no such channel.
     pub fn listen_for_jobs(&self) {
@@ -481,6 +491,89 @@ impl Store {
     pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.count_prunable(scope).await,
+        }
+    }
+}
+
+/// A finished job's outcome and the sinks it goes to: written in the job's finishing
+/// transaction, so a job is never finished without its hand-off queued.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// The outcome JSON the application receives.
+    pub outcome: serde_json::Value,
+    /// Names of the sinks whose filter matched.
+    pub sinks: Vec<String>,
+}
+
+/// A delivery a dispatcher has claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub attempt: i32,
+    pub sink: String,
+    pub webhook_id: String,
+    /// Bumped when a replay rewrites the outcome; part of the outgoing delivery id.
+    pub revision: i32,
+    pub outcome: serde_json::Value,
+}
+
+/// One line of `gemhook deliveries list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub id: i64,
+    pub webhook_id: String,
+    pub sink: String,
+    pub state: String,
+    pub attempt: i32,
+    pub scheduled_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    pub async fn claim_deliveries(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.claim_deliveries(worker_id, lease, limit).await,
+        }
+    }
+
+    /// Finishes a delivery attempt if it is still this attempt's: `Ok(())` completes it,
+    /// `Err((error, Some(delay)))` schedules a retry, `Err((error, None))` dead-letters it.
+    pub async fn finish_delivery(
+        &self,
+        delivery: &ClaimedDelivery,
+        outcome: Result<(), (&str, Option<Duration>)>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(s) => s.finish_delivery(delivery, outcome).await,
+        }
+    }
+
+    pub async fn rescue_expired_deliveries(&self, max_attempts: i32) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.rescue_expired_deliveries(max_attempts).await,
+        }
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.list_deliveries(state, limit).await,
+        }
+    }
+
+    /// Re-queues one delivery (`Some(id)`) or every discarded one (`None`); returns how many.
+    pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.requeue_deliveries(id).await,
         }
     }
 }

@@ -12,12 +12,12 @@ use sqlx::postgres::PgRow;
 
 use super::postgres::{JOBS_CHANNEL, PgStore};
 use super::{
-    ClaimedJob, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
+    ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
     StoreError, StoredResult,
 };
 
 /// The error entry appended to `jobs.errors` for an attempt.
-const ERROR_ENTRY: &str = "jsonb_build_array(jsonb_build_object(\
+pub(super) const ERROR_ENTRY: &str = "jsonb_build_array(jsonb_build_object(\
     'attempt', attempt, 'at', now(), 'error', $3::text, 'retryable', $4::bool))";
 
 impl PgStore {
@@ -87,6 +87,7 @@ impl PgStore {
         &self,
         job: &ClaimedJob,
         result: &JobResult,
+        handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
@@ -102,7 +103,11 @@ impl PgStore {
             return Ok(false); // dropped: rolled back
         }
         upsert_result(&mut tx, job.id, result).await?;
+        if let Some(handoff) = handoff {
+            queue_handoff(&mut tx, job.id, handoff).await?;
+        }
         tx.commit().await?;
+        self.wake_dispatchers(handoff);
         Ok(true)
     }
 
@@ -132,6 +137,7 @@ impl PgStore {
         job: &ClaimedJob,
         error: &str,
         result: Option<&JobResult>,
+        handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(&format!(
@@ -151,8 +157,19 @@ impl PgStore {
         if let Some(result) = result {
             upsert_result(&mut tx, job.id, result).await?;
         }
+        if let Some(handoff) = handoff {
+            queue_handoff(&mut tx, job.id, handoff).await?;
+        }
         tx.commit().await?;
+        self.wake_dispatchers(handoff);
         Ok(true)
+    }
+
+    /// In-process dispatchers start at once; others hear the NOTIFY sent in the transaction.
+    fn wake_dispatchers(&self, handoff: Option<&Handoff>) {
+        if handoff.is_some_and(|h| !h.sinks.is_empty()) {
+            self.delivery_wakeups.notify_one();
+        }
     }
 
     pub async fn release_if_running(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
@@ -363,6 +380,48 @@ fn job_summary(row: &PgRow) -> Result<JobSummary, StoreError> {
         last_error: row.try_get("last_error")?,
     })
 }
+
+/// The outcome (a new revision when it is rewritten by a replay) and one delivery per sink,
+/// each (re)queued from scratch, plus a wake-up for the dispatchers.
+async fn queue_handoff(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job: JobId,
+    handoff: &Handoff,
+) -> Result<(), StoreError> {
+    let outcome_id: i64 = sqlx::query_scalar(
+        "INSERT INTO outcomes (event_id, body) SELECT event_id, $2 FROM jobs WHERE id = $1
+         ON CONFLICT (event_id) DO UPDATE SET revision = outcomes.revision + 1,
+             body = excluded.body, created_at = now()
+         RETURNING id",
+    )
+    .bind(job.0)
+    .bind(&handoff.outcome)
+    .fetch_one(&mut **tx)
+    .await?;
+    if handoff.sinks.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO deliveries (outcome_id, sink) SELECT $1, unnest($2::text[])
+         ON CONFLICT (outcome_id, sink) DO UPDATE SET {RESET_DELIVERY}"
+    ))
+    .bind(outcome_id)
+    .bind(&handoff.sinks)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(DELIVERIES_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Back to the start of its queue: a delivery re-queued by a replay or an operator.
+pub(super) const RESET_DELIVERY: &str = "state = 'available', attempt = 0, scheduled_at = now(),
+    finalized_at = NULL, locked_by = NULL, locked_until = NULL";
+
+/// Dispatchers `LISTEN` here for new deliveries.
+pub const DELIVERIES_CHANNEL: &str = "gemhook_deliveries";
 
 async fn upsert_result(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

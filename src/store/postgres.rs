@@ -12,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Row, migrate::Migrator};
 
 use super::group_commit::GroupWriter;
+use super::pg_jobs::DELIVERIES_CHANNEL;
 use super::{
     ConnectOptions, EventFilter, EventRecord, EventSummary, JobId, NewEvent, PruneScope, Readiness,
     Recorded, StoreError,
@@ -27,6 +28,8 @@ pub struct PgStore {
     pub(super) pool: PgPool,
     /// Woken when this process enqueues a job, and by `LISTEN` for other processes' jobs.
     pub(super) wakeups: Arc<Notify>,
+    /// Woken when a finished job queued hand-off deliveries (here or, by `LISTEN`, elsewhere).
+    pub(super) delivery_wakeups: Arc<Notify>,
     /// When set, deliveries are recorded in shared transactions (see `group_commit`).
     writer: Option<Arc<GroupWriter>>,
 }
@@ -46,6 +49,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             wakeups: Arc::new(Notify::new()),
+            delivery_wakeups: Arc::new(Notify::new()),
             writer: None,
         })
     }
@@ -216,22 +220,33 @@ impl PgStore {
         self.wakeups.clone()
     }
 
+    pub fn delivery_wakeups(&self) -> Arc<Notify> {
+        self.delivery_wakeups.clone()
+    }
+
     /// Forwards `NOTIFY gemhook_jobs` from any process to [`Self::job_wakeups`], reconnecting
     /// after errors. Missing a notification costs at most one poll interval, never a job.
     pub fn listen_for_jobs(&self) {
         let pool = self.pool.clone();
         let wakeups = self.wakeups.clone();
+        let delivery_wakeups = self.delivery_wakeups.clone();
         tokio::spawn(async move {
             loop {
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => {
-                        if let Err(error) = listener.listen(JOBS_CHANNEL).await {
+                        let channels = [JOBS_CHANNEL, DELIVERIES_CHANNEL];
+                        if let Err(error) = listener.listen_all(channels).await {
                             tracing::warn!(error = %crate::telemetry::error_chain(&error), "LISTEN failed");
                         } else {
                             // A (re)connection may have missed notifications: look once.
                             wakeups.notify_one();
-                            while let Ok(_notification) = listener.recv().await {
-                                wakeups.notify_one();
+                            delivery_wakeups.notify_one();
+                            while let Ok(notification) = listener.recv().await {
+                                if notification.channel() == DELIVERIES_CHANNEL {
+                                    delivery_wakeups.notify_one();
+                                } else {
+                                    wakeups.notify_one();
+                                }
                             }
                         }
                     }

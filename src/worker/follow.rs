@@ -76,7 +76,19 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub async fn follow(&self, job: &ClaimedJob) -> Result<JobResult, Failure> {
+    /// Follows the job's pointer. Besides the result, returns the fetched interaction JSON,
+    /// which the hand-off may send inline.
+    pub async fn follow(&self, job: &ClaimedJob) -> Result<(JobResult, Option<Value>), Failure> {
+        let mut inline = None;
+        let result = self.follow_into(job, &mut inline).await?;
+        Ok((result, inline))
+    }
+
+    async fn follow_into(
+        &self,
+        job: &ClaimedJob,
+        inline: &mut Option<Value>,
+    ) -> Result<JobResult, Failure> {
         let plan = pointer::plan(&job.body, &self.policy);
         let mut summary = json!({});
         if let Some(metadata) = &plan.user_metadata {
@@ -125,6 +137,7 @@ impl Follower {
                     .await
                     .map_err(|e| Failure::from_results(&e))?;
                 summary["status"] = json!(interaction.status);
+                *inline = Some(interaction.json);
                 Ok(result("stored", Some(&stored), summary))
             }
             Work::DownloadFile { file_id } => {

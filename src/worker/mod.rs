@@ -12,20 +12,24 @@
 
 pub mod decide;
 mod follow;
+pub mod queue;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use decide::{Decision, FailureKind, decide};
 pub use follow::{Failure, Follower};
 
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::deliver::{self, Finished, OutcomeState, SinkSet};
+use crate::gemini::pointer;
 use crate::observe;
-use crate::store::{ClaimedJob, Store};
+use crate::store::{ClaimedJob, Handoff, JobResult, Store};
 use crate::telemetry::error_chain;
 
 /// How the worker runs.
@@ -54,10 +58,17 @@ struct Inner {
     store: Store,
     follower: Follower,
     settings: WorkerSettings,
+    /// Where finished jobs' outcomes go; empty when no sink is configured.
+    sinks: Arc<SinkSet>,
 }
 
 impl Worker {
-    pub fn new(store: Store, follower: Follower, settings: WorkerSettings) -> Worker {
+    pub fn new(
+        store: Store,
+        follower: Follower,
+        settings: WorkerSettings,
+        sinks: Arc<SinkSet>,
+    ) -> Worker {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gemhook".to_owned());
         let id = format!(
             "{host}-{}-{:04x}",
@@ -70,6 +81,7 @@ impl Worker {
                 store,
                 follower,
                 settings,
+                sinks,
             }),
         }
     }
@@ -81,104 +93,13 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled, then drains as described in the module docs.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let settings = &self.inner.settings;
-        let store = &self.inner.store;
-        let wakeups = store.job_wakeups();
-        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-        let hard_stop = CancellationToken::new();
-        let mut running = JoinSet::new();
-        // The rescuer's horizon is the lease itself (heartbeats come every lease/3), so a live
-        // job is never rescued; checking once per poll is plenty.
-        let rescue_every = settings.poll_interval.max(Duration::from_secs(1));
-        let mut last_rescue: Option<Instant> = None;
-        tracing::info!(worker = %self.id(), concurrency = settings.concurrency, "worker started");
-
-        while !shutdown.is_cancelled() {
-            if last_rescue.is_none_or(|at| at.elapsed() >= rescue_every) {
-                self.rescue().await;
-                last_rescue = Some(Instant::now());
-            }
-            let free = slots.available_permits();
-            let mut more_waiting = false;
-            if free > 0 {
-                match store
-                    .claim_jobs(self.id(), settings.lease, free as i64)
-                    .await
-                {
-                    Ok(jobs) => {
-                        more_waiting = jobs.len() == free;
-                        for job in jobs {
-                            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                                break; // cannot happen: we claimed no more than were free
-                            };
-                            let worker = self.clone();
-                            let hard_stop = hard_stop.clone();
-                            running.spawn(async move {
-                                worker.execute(job, hard_stop).await;
-                                drop(slot);
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error_chain(&error), "claiming jobs failed");
-                    }
-                }
-            }
-            if more_waiting && slots.available_permits() > 0 {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = wakeups.notified() => {}
-                () = tokio::time::sleep(settings.poll_interval) => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-            }
-        }
-
-        tracing::info!(running = running.len(), "worker stopping: no new claims");
-        let drained = tokio::time::timeout(settings.shutdown_grace, drain(&mut running)).await;
-        if drained.is_err() {
-            tracing::warn!(
-                running = running.len(),
-                "grace period over: releasing running jobs"
-            );
-            hard_stop.cancel();
-            drain(&mut running).await;
-        }
-        tracing::info!("worker stopped");
+        queue::run(self.clone(), &self.inner.settings, shutdown).await;
     }
 
-    /// Claims and processes jobs until none is runnable; returns how many were processed.
+    /// Claims and processes jobs until none is runnable; returns how many attempts ran.
     /// The single step tests drive (no background loop, no sleeps).
     pub async fn run_until_idle(&self) -> usize {
-        let mut processed = 0;
-        loop {
-            self.rescue().await;
-            let settings = &self.inner.settings;
-            let jobs = match self
-                .inner
-                .store
-                .claim_jobs(
-                    self.id(),
-                    settings.lease,
-                    settings.concurrency.max(1) as i64,
-                )
-                .await
-            {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "claiming jobs failed");
-                    return processed;
-                }
-            };
-            if jobs.is_empty() {
-                return processed;
-            }
-            processed += jobs.len();
-            let never = CancellationToken::new();
-            futures::future::join_all(jobs.into_iter().map(|job| self.execute(job, never.clone())))
-                .await;
-        }
+        queue::run_until_idle(self, self.inner.settings.concurrency).await
     }
 
     async fn rescue(&self) {
@@ -245,14 +166,18 @@ impl Worker {
     async fn finish(
         &self,
         job: &ClaimedJob,
-        outcome: Result<crate::store::JobResult, Failure>,
+        outcome: Result<(JobResult, Option<Value>), Failure>,
         started: Instant,
     ) {
         let store = &self.inner.store;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let written = match outcome {
-            Ok(result) => {
-                let written = store.complete_if_running(job, &result).await;
+            Ok((result, inline)) => {
+                let handoff =
+                    self.handoff(job, OutcomeState::Completed, Some(&result), None, inline);
+                let written = store
+                    .complete_if_running(job, &result, handoff.as_ref())
+                    .await;
                 observe::job_attempt("completed", started.elapsed());
                 let reused = result.summary.get("reused").is_some();
                 if let (Some(bytes), false) = (result.size_bytes, reused) {
@@ -278,8 +203,16 @@ impl Worker {
                         observe::job_attempt("discarded", started.elapsed());
                         observe::job_discarded(discard_reason(&failure));
                         tracing::error!(error = %failure.message, elapsed_ms, "job discarded");
+                        let result = failure.result.as_deref();
+                        let handoff = self.handoff(
+                            job,
+                            OutcomeState::Discarded,
+                            result,
+                            Some(&failure.message),
+                            None,
+                        );
                         store
-                            .discard_if_running(job, &failure.message, failure.result.as_deref())
+                            .discard_if_running(job, &failure.message, result, handoff.as_ref())
                             .await
                     }
                 }
@@ -296,6 +229,51 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// The outcome for the application and the sinks it goes to; `None` with no sinks.
+    fn handoff(
+        &self,
+        job: &ClaimedJob,
+        state: OutcomeState,
+        result: Option<&JobResult>,
+        last_error: Option<&str>,
+        inline: Option<Value>,
+    ) -> Option<Handoff> {
+        let sinks = &self.inner.sinks;
+        if sinks.is_empty() {
+            return None;
+        }
+        // Parsed again here rather than carried from the attempt: it is cheap, and the plan
+        // is what gives a discarded job its resource id and user_metadata.
+        let plan = pointer::plan(&job.body, &self.inner.follower.policy);
+        let outcome = deliver::build(Finished {
+            webhook_id: &job.webhook_id,
+            event_type: job.event_type.as_deref(),
+            state,
+            result,
+            plan: Some(&plan),
+            last_error,
+            inline,
+            inline_max_bytes: sinks.max_inline_bytes(),
+            finished_at: Utc::now(),
+        });
+        let names = sinks
+            .matching(&outcome)
+            .map(|sink| sink.name().to_owned())
+            .collect();
+        match serde_json::to_value(&outcome) {
+            Ok(outcome) => Some(Handoff {
+                outcome,
+                sinks: names,
+            }),
+            Err(error) => {
+                tracing::error!(error = %error, "the outcome could not be encoded; no hand-off");
+                None
+            }
+        }
+    }
+}
+
 /// The `reason` label of a dead letter.
 fn discard_reason(failure: &Failure) -> &'static str {
     match failure.kind {
@@ -306,6 +284,38 @@ fn discard_reason(failure: &Failure) -> &'static str {
     }
 }
 
-async fn drain(running: &mut JoinSet<()>) {
-    while running.join_next().await.is_some() {}
+impl queue::Queue for Worker {
+    type Item = ClaimedJob;
+
+    fn name(&self) -> &'static str {
+        "worker"
+    }
+
+    async fn rescue(&self) {
+        Worker::rescue(self).await;
+    }
+
+    async fn claim(&self, limit: usize) -> Vec<ClaimedJob> {
+        let settings = &self.inner.settings;
+        match self
+            .inner
+            .store
+            .claim_jobs(self.id(), settings.lease, limit as i64)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "claiming jobs failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn execute(&self, job: ClaimedJob, hard_stop: CancellationToken) {
+        Worker::execute(self, job, hard_stop).await;
+    }
+
+    fn wakeups(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.store.job_wakeups()
+    }
 }

@@ -198,7 +198,15 @@ impl TestApp {
     /// A worker on the app's database, with the app's settings.
     pub fn worker(&self) -> Worker {
         let store = gemhook::startup::connect(&self.settings).unwrap();
-        gemhook::startup::build_worker(&self.settings, store).unwrap()
+        let sinks = gemhook::startup::build_sinks(&self.settings, Default::default()).unwrap();
+        gemhook::startup::build_worker(&self.settings, store, sinks).unwrap()
+    }
+
+    /// A hand-off dispatcher on the app's database and sinks.
+    pub fn dispatcher(&self) -> gemhook::deliver::Dispatcher {
+        let store = gemhook::startup::connect(&self.settings).unwrap();
+        let sinks = gemhook::startup::build_sinks(&self.settings, Default::default()).unwrap();
+        gemhook::deliver::Dispatcher::new(store, sinks, self.settings.worker())
     }
 
     /// Runs a worker until no job is runnable; returns how many attempts ran.

@@ -3,6 +3,7 @@
 
 mod availability;
 mod dynamic;
+mod handoff;
 mod helpers;
 mod operations;
 mod process;

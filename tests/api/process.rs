@@ -33,7 +33,27 @@ impl Gemhook {
 
     /// Starts `gemhook <args>` (a serving command) and waits until it listens.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> (Gemhook, String) {
-        let mut child = gemhook_command(env)
+        Self::start_program(
+            std::path::Path::new(env!("CARGO_BIN_EXE_gemhook")),
+            args,
+            env,
+        )
+    }
+
+    /// Starts another program built on gemhook (an example) and waits until it listens.
+    pub fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Gemhook, String) {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .args(args)
             .env("GEMHOOK_LISTEN", "127.0.0.1:0")
             .env("GEMHOOK_LOG_FORMAT", "json")

@@ -1,0 +1,166 @@
+//! The dispatcher: claims (outcome, sink) deliveries and sends each to its sink, with the
+//! worker's retry and dead-letter rules. A sink that is down only delays its own deliveries:
+//! each pair is a queue entry of its own, with its own backoff.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Outcome, SinkSet, delivery_id};
+use crate::store::{ClaimedDelivery, Store};
+use crate::telemetry::error_chain;
+use crate::worker::queue::{self, Queue};
+use crate::worker::{Decision, FailureKind, WorkerSettings, decide};
+
+/// Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    store: Store,
+    sinks: Arc<SinkSet>,
+    settings: WorkerSettings,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, sinks: Arc<SinkSet>, settings: WorkerSettings) -> Dispatcher {
+        let id = format!("dispatcher-{}-{:04x}", std::process::id(), rand::random::<u16>());
+        Dispatcher {
+            inner: Arc::new(Inner {
+                id,
+                store,
+                sinks,
+                settings,
+            }),
+        }
+    }
+
+    pub async fn run(&self, shutdown: CancellationToken) {
+        queue::run(self.clone(), &self.inner.settings, shutdown).await;
+    }
+
+    /// Sends every runnable delivery once; returns how many attempts ran (for tests).
+    pub async fn run_until_idle(&self) -> usize {
+        queue::run_until_idle(self, self.inner.settings.concurrency).await
+    }
+
+    /// The outgoing `webhook-id` / `Nats-Msg-Id`: stable for every retry of this delivery, and
+    /// new when a replay rewrites the outcome (so the application sees the new outcome).
+    pub fn delivery_id(delivery: &ClaimedDelivery) -> String {
+        if delivery.revision <= 1 {
+            delivery_id(&delivery.webhook_id, &delivery.sink)
+        } else {
+            let key = format!("{}#{}", delivery.webhook_id, delivery.revision);
+            delivery_id(&key, &delivery.sink)
+        }
+    }
+
+    async fn send(&self, delivery: &ClaimedDelivery) -> Result<(), (String, FailureKind)> {
+        let Some(sink) = self.inner.sinks.get(&delivery.sink) else {
+            return Err((
+                format!("sink {:?} is no longer configured", delivery.sink),
+                FailureKind::Permanent,
+            ));
+        };
+        let outcome: Outcome = serde_json::from_value(delivery.outcome.clone()).map_err(|e| {
+            (
+                format!("the stored outcome is unreadable: {e}"),
+                FailureKind::Permanent,
+            )
+        })?;
+        sink.send(&Self::delivery_id(delivery), &outcome)
+            .await
+            .map_err(|error| {
+                let kind = if error.is_retryable() {
+                    FailureKind::Transient {
+                        retry_after: error.retry_after(),
+                    }
+                } else {
+                    FailureKind::Permanent
+                };
+                (error_chain(&error), kind)
+            })
+    }
+}
+
+impl Queue for Dispatcher {
+    type Item = ClaimedDelivery;
+
+    fn name(&self) -> &'static str {
+        "dispatcher"
+    }
+
+    async fn rescue(&self) {
+        let max = self.inner.settings.max_attempts;
+        if let Err(error) = self.inner.store.rescue_expired_deliveries(max).await {
+            tracing::warn!(error = %error_chain(&error), "rescuing deliveries failed");
+        }
+    }
+
+    async fn claim(&self, limit: usize) -> Vec<ClaimedDelivery> {
+        let inner = &self.inner;
+        match inner
+            .store
+            .claim_deliveries(&inner.id, inner.settings.lease, limit as i64)
+            .await
+        {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "claiming deliveries failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A send is bounded by its sink's timeout, far below the lease, so it needs no heartbeat;
+    /// on a hard stop it is simply left to finish (sinks are idempotent per delivery id).
+    async fn execute(&self, delivery: ClaimedDelivery, _hard_stop: CancellationToken) {
+        let span = tracing::info_span!(
+            "delivery_attempt",
+            delivery = delivery.id,
+            sink = %delivery.sink,
+            webhook_id = %delivery.webhook_id,
+            attempt = delivery.attempt,
+        );
+        async {
+            let sent = self.send(&delivery).await;
+            let max = self.inner.settings.max_attempts;
+            let finish = match &sent {
+                Ok(()) => {
+                    tracing::info!("outcome delivered");
+                    Ok(())
+                }
+                Err((error, kind)) => {
+                    match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
+                        Decision::Retry { after } => {
+                            tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
+                            Err((error.as_str(), Some(after)))
+                        }
+                        Decision::Discard => {
+                            tracing::error!(%error, "delivery discarded");
+                            Err((error.as_str(), None))
+                        }
+                    }
+                }
+            };
+            match self.inner.store.finish_delivery(&delivery, finish).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("delivery was no longer ours to finish"),
+                Err(error) => {
+                    tracing::error!(error = %error_chain(&error), "recording the delivery failed")
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn wakeups(&self) -> Arc<Notify> {
+        self.inner.store.delivery_wakeups()
+    }
+}

@@ -1,0 +1,114 @@
+//! The claim loop shared by the job worker and the hand-off dispatcher: rescue expired leases,
+//! claim as many items as there are free slots, run each in its own task, sleep until a
+//! wake-up, a free slot or the poll interval; on shutdown stop claiming, drain within the grace
+//! period, then hard-stop what is left (each queue releases its items).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::WorkerSettings;
+
+/// A durable queue that a [`run`] loop can drive.
+pub trait Queue: Clone + Send + Sync + 'static {
+    type Item: Send + 'static;
+
+    /// For logs: "worker", "dispatcher".
+    fn name(&self) -> &'static str;
+    /// Items whose lease expired become runnable again.
+    fn rescue(&self) -> impl Future<Output = ()> + Send;
+    /// Claims up to `limit` runnable items (errors are logged and give none).
+    fn claim(&self, limit: usize) -> impl Future<Output = Vec<Self::Item>> + Send;
+    /// Runs one item to its end; on `hard_stop`, gives it back instead.
+    fn execute(
+        &self,
+        item: Self::Item,
+        hard_stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+    /// Resolves when new items may be runnable.
+    fn wakeups(&self) -> Arc<Notify>;
+}
+
+/// Runs `queue` until `shutdown` is cancelled, then drains as described above.
+pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: CancellationToken) {
+    let wakeups = queue.wakeups();
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let hard_stop = CancellationToken::new();
+    let mut running = JoinSet::new();
+    // The rescuer's horizon is the lease itself (heartbeats come every lease/3), so a live item
+    // is never rescued; checking once per poll is plenty.
+    let rescue_every = settings.poll_interval.max(Duration::from_secs(1));
+    let mut last_rescue: Option<Instant> = None;
+    tracing::info!(concurrency = settings.concurrency, "{} started", queue.name());
+
+    while !shutdown.is_cancelled() {
+        if last_rescue.is_none_or(|at| at.elapsed() >= rescue_every) {
+            queue.rescue().await;
+            last_rescue = Some(Instant::now());
+        }
+        let free = slots.available_permits();
+        let mut more_waiting = false;
+        if free > 0 {
+            let items = queue.claim(free).await;
+            more_waiting = items.len() == free;
+            for item in items {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break; // cannot happen: we claimed no more than were free
+                };
+                let queue = queue.clone();
+                let hard_stop = hard_stop.clone();
+                running.spawn(async move {
+                    queue.execute(item, hard_stop).await;
+                    drop(slot);
+                });
+            }
+        }
+        if more_waiting && slots.available_permits() > 0 {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = wakeups.notified() => {}
+            () = tokio::time::sleep(settings.poll_interval) => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+
+    tracing::info!(running = running.len(), "{} stopping: no new claims", queue.name());
+    let drained = tokio::time::timeout(settings.shutdown_grace, drain(&mut running)).await;
+    if drained.is_err() {
+        tracing::warn!(running = running.len(), "grace period over: releasing what still runs");
+        hard_stop.cancel();
+        drain(&mut running).await;
+    }
+    tracing::info!("{} stopped", queue.name());
+}
+
+/// Claims and runs items until none is runnable; returns how many ran. The single step tests
+/// drive (no background loop, no sleeps).
+pub async fn run_until_idle<Q: Queue>(queue: &Q, concurrency: usize) -> usize {
+    let mut processed = 0;
+    loop {
+        queue.rescue().await;
+        let items = queue.claim(concurrency.max(1)).await;
+        if items.is_empty() {
+            return processed;
+        }
+        processed += items.len();
+        let never = CancellationToken::new();
+        futures::future::join_all(
+            items
+                .into_iter()
+                .map(|item| queue.execute(item, never.clone())),
+        )
+        .await;
+    }
+}
+
+async fn drain(running: &mut JoinSet<()>) {
+    while running.join_next().await.is_some() {}
+}
