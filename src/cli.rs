@@ -53,6 +53,9 @@ pub enum Command {
     },
     /// Process a stored event again: its job is re-queued.
     Replay { webhook_id: String },
+    /// Explain whether a captured delivery verifies against the configured secrets and keys
+    /// (a file from `events show --json`, a raw HTTP request, or `-` for stdin).
+    Verify(crate::capture::VerifyArgs),
     /// Hand-off deliveries: each (outcome, sink) pair.
     Deliveries {
         #[command(subcommand)]
@@ -224,7 +227,7 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
     match command {
         Command::Serve { role } => serve(&settings, role).await,
         Command::Migrate => {
-            let store = startup::connect(&settings)?;
+            let store = startup::open(&settings).await?;
             store.migrate().await.context("migrating the database")?;
             println!("migrations applied");
             Ok(())
@@ -232,18 +235,19 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
         Command::Events { command } => events(&settings, command).await,
         Command::Jobs { command } => jobs(&settings, command).await,
         Command::Replay { webhook_id } => {
-            let store = startup::connect(&settings)?;
+            let store = startup::open(&settings).await?;
             let outcome = store.replay_event(&webhook_id).await.context("replaying")?;
             report_requeued(outcome, &format!("event {webhook_id}"))
         }
         Command::Stats { json } => stats(&settings, json).await,
+        Command::Verify(args) => verify_capture(&settings, &args).await,
         Command::Deliveries { command } => deliveries(&settings, command).await,
         Command::Prune {
             older_than,
             dry_run,
             include_discarded,
         } => {
-            let store = startup::connect(&settings)?;
+            let store = startup::open(&settings).await?;
             let scope = retention::scope(older_than, Utc::now(), include_discarded);
             if dry_run {
                 let count = store.count_prunable(&scope).await.context("counting")?;
@@ -303,7 +307,7 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
 }
 
 async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
-    let store = startup::connect(settings)?;
+    let store = startup::open(settings).await?;
     match command {
         EventsCommand::List {
             json,
@@ -344,7 +348,7 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
 }
 
 async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
-    let store = startup::connect(settings)?;
+    let store = startup::open(settings).await?;
     match command {
         JobsCommand::List {
             state,
@@ -428,8 +432,41 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the explanation; exits non-zero when the capture would be refused.
+async fn verify_capture(
+    settings: &Settings,
+    args: &crate::capture::VerifyArgs,
+) -> anyhow::Result<()> {
+    let keys = settings.keys()?;
+    let policy = settings.policy();
+    let published = if settings.dynamic_webhooks {
+        let cache = crate::jwks::JwksCache::new(
+            settings.jwks_url()?,
+            reqwest::Client::new(),
+            std::time::Duration::from_secs(settings.jwks_ttl_secs),
+            std::time::Duration::from_secs(settings.jwks_min_refresh_secs),
+        );
+        cache.refresh_after_miss().await;
+        if let Some(error) = cache.status().last_error {
+            eprintln!(
+                "warning: Google's JWKS could not be fetched ({error}); v1a/JWT entries are checked against configured keys only"
+            );
+        }
+        cache.current()
+    } else {
+        None
+    };
+    let (output, accepted) = crate::capture::run_verify(args, &keys, &policy, published.as_deref())
+        .context("cannot verify the capture")?;
+    println!("{output}");
+    if !accepted {
+        anyhow::bail!("the capture would be refused");
+    }
+    Ok(())
+}
+
 async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::Result<()> {
-    let store = startup::connect(settings)?;
+    let store = startup::open(settings).await?;
     match command {
         DeliveriesCommand::List { state, json, limit } => {
             let deliveries = store
@@ -473,7 +510,7 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
 }
 
 async fn stats(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let store = startup::connect(settings)?;
+    let store = startup::open(settings).await?;
     let queue = store.queue_stats().await.context("reading the queue")?;
     let reasons = store
         .discard_reasons(10)

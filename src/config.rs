@@ -17,6 +17,10 @@ use crate::worker::WorkerSettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// Where gemhook keeps its state when no database URL is given: an embedded SQLite file,
+/// created (with its folder) on first use.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/gemhook.db";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("the configuration could not be read: {0}")]
@@ -39,10 +43,6 @@ pub enum ConfigError {
     Retention(#[from] crate::retention::RetentionError),
     #[error("jwks_url is not a valid http(s) URL")]
     JwksUrl,
-    #[error(
-        "no database URL: set GEMHOOK_DATABASE_URL (or DATABASE_URL, or database_url in the file)"
-    )]
-    MissingDatabaseUrl,
 }
 
 /// A string that must not be shown: `Debug` prints a placeholder.
@@ -166,13 +166,14 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The database URL, or the error that says how to give one.
+    /// The database URL: the configured one, else the embedded SQLite file.
     pub fn database_url(&self) -> Result<&str, ConfigError> {
-        self.database_url
+        Ok(self
+            .database_url
             .as_ref()
             .map(Redacted::expose)
             .filter(|url| !url.is_empty())
-            .ok_or(ConfigError::MissingDatabaseUrl)
+            .unwrap_or(DEFAULT_DATABASE_URL))
     }
 
     /// The verification keys, parsed from the configured secrets.

@@ -15,6 +15,7 @@
 pub use startup::Server;
 
 pub mod bench;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -1,8 +1,8 @@
 //! Building and running the application: `build` (connect, migrate, bind) → `port` →
 //! `run_until_stopped(shutdown)`. Separate steps so tests bind port 0 and read the port back.
 
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +11,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
 use crate::deliver::{Dispatcher, Handler, SinkSet};
+use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
 use crate::http::{self, AppState};
-use crate::telemetry::error_chain;
 use crate::jwks::JwksCache;
 use crate::observe;
 use crate::results::ResultsStore;
 use crate::store::{ConnectOptions, Store, StoreError};
+use crate::telemetry::error_chain;
 use crate::worker::{Follower, Worker};
 
 /// Which parts of gemhook this process runs.
@@ -304,6 +304,17 @@ fn jwks_cache(settings: &Settings) -> Result<JwksCache, StartupError> {
     );
     cache.spawn_initial_fetch();
     Ok(cache)
+}
+
+/// The store for a CLI command. The embedded SQLite file is created and migrated on first use,
+/// so every command works on a fresh machine; Postgres is migrated only by `serve` and
+/// `migrate` (a deploy step may own that).
+pub async fn open(settings: &Settings) -> Result<Store, StartupError> {
+    let store = connect(settings)?;
+    if matches!(store, Store::Sqlite(_)) {
+        store.migrate().await?;
+    }
+    Ok(store)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -29,7 +29,11 @@ struct Inner {
 
 impl Dispatcher {
     pub fn new(store: Store, sinks: Arc<SinkSet>, settings: WorkerSettings) -> Dispatcher {
-        let id = format!("dispatcher-{}-{:04x}", std::process::id(), rand::random::<u16>());
+        let id = format!(
+            "dispatcher-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        );
         Dispatcher {
             inner: Arc::new(Inner {
                 id,

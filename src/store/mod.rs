@@ -8,6 +8,9 @@ mod group_commit;
 mod pg_deliveries;
 mod pg_jobs;
 mod postgres;
+mod sqlite;
+mod sqlite_deliveries;
+mod sqlite_jobs;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use crate::envelope::Envelope;
 use crate::verify::Scheme;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -48,7 +52,7 @@ impl fmt::Display for JobId {
 /// answers 503 and Gemini retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the database URL is not a postgres:// URL")]
+    #[error("the database URL is neither postgres://... nor sqlite://...")]
     UnsupportedUrl,
     #[error("the database URL is malformed")]
     InvalidUrl(#[source] sqlx::Error),
@@ -135,6 +139,8 @@ impl Readiness {
 #[derive(Debug, Clone)]
 pub enum Store {
     Postgres(PgStore),
+    /// The embedded default: one file, one writer at a time, in-process wake-ups.
+    Sqlite(SqliteStore),
 }
 
 impl Store {
@@ -143,6 +149,8 @@ impl Store {
     pub fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(PgStore::connect_lazy(url, options)?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect_lazy(url, options)?))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
@@ -154,18 +162,21 @@ impl Store {
     pub fn with_group_commit(self, writers: usize, max_batch: usize) -> Store {
         match self {
             Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, max_batch)),
+            Store::Sqlite(s) => Store::Sqlite(s),
         }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(s) => s.migrate().await,
+            Store::Sqlite(s) => s.migrate().await,
         }
     }
 
     pub async fn readiness(&self) -> Readiness {
         match self {
             Store::Postgres(s) => s.readiness().await,
+            Store::Sqlite(s) => s.readiness().await,
         }
     }
 
@@ -174,6 +185,7 @@ impl Store {
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
         match self {
             Store::Postgres(s) => s.record_delivery(event).await,
+            Store::Sqlite(s) => s.record_delivery(event).await,
         }
     }
 
@@ -185,12 +197,14 @@ impl Store {
     ) -> Result<Vec<EventSummary>, StoreError> {
         match self {
             Store::Postgres(s) => s.list_events(filter, limit).await,
+            Store::Sqlite(s) => s.list_events(filter, limit).await,
         }
     }
 
     pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
         match self {
             Store::Postgres(s) => s.find_event(webhook_id).await,
+            Store::Sqlite(s) => s.find_event(webhook_id).await,
         }
     }
 
@@ -198,6 +212,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Postgres(s) => s.close().await,
+            Store::Sqlite(s) => s.close().await,
         }
     }
 }
@@ -283,6 +298,7 @@ impl Store {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         match self {
             Store::Postgres(s) => s.claim_jobs(worker_id, lease, limit).await,
+            Store::Sqlite(s) => s.claim_jobs(worker_id, lease, limit).await,
         }
     }
 
@@ -295,6 +311,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.heartbeat(job, worker_id, lease).await,
+            Store::Sqlite(s) => s.heartbeat(job, worker_id, lease).await,
         }
     }
 
@@ -307,6 +324,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.complete_if_running(job, result, handoff).await,
+            Store::Sqlite(s) => s.complete_if_running(job, result, handoff).await,
         }
     }
 
@@ -319,6 +337,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.retry_if_running(job, error, delay).await,
+            Store::Sqlite(s) => s.retry_if_running(job, error, delay).await,
         }
     }
 
@@ -332,6 +351,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.discard_if_running(job, error, result, handoff).await,
+            Store::Sqlite(s) => s.discard_if_running(job, error, result, handoff).await,
         }
     }
 
@@ -339,6 +359,7 @@ impl Store {
     pub async fn release_if_running(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.release_if_running(job).await,
+            Store::Sqlite(s) => s.release_if_running(job).await,
         }
     }
 
@@ -347,6 +368,7 @@ impl Store {
     pub async fn rescue_expired_leases(&self, max_attempts: i32) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.rescue_expired_leases(max_attempts).await,
+            Store::Sqlite(s) => s.rescue_expired_leases(max_attempts).await,
         }
     }
 
@@ -362,6 +384,10 @@ impl Store {
                 s.find_stored_result(resource_kind, resource_id, except_job)
                     .await
             }
+            Store::Sqlite(s) => {
+                s.find_stored_result(resource_kind, resource_id, except_job)
+                    .await
+            }
         }
     }
 
@@ -372,12 +398,14 @@ impl Store {
     ) -> Result<Vec<JobSummary>, StoreError> {
         match self {
             Store::Postgres(s) => s.list_jobs(filter, limit).await,
+            Store::Sqlite(s) => s.list_jobs(filter, limit).await,
         }
     }
 
     pub async fn find_job(&self, id: JobId) -> Result<Option<JobDetail>, StoreError> {
         match self {
             Store::Postgres(s) => s.find_job(id).await,
+            Store::Sqlite(s) => s.find_job(id).await,
         }
     }
 
@@ -385,6 +413,7 @@ impl Store {
     pub async fn requeue_job(&self, id: JobId) -> Result<Requeued, StoreError> {
         match self {
             Store::Postgres(s) => s.requeue_job(id).await,
+            Store::Sqlite(s) => s.requeue_job(id).await,
         }
     }
 
@@ -392,6 +421,7 @@ impl Store {
     pub async fn requeue_discarded(&self) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.requeue_discarded().await,
+            Store::Sqlite(s) => s.requeue_discarded().await,
         }
     }
 
@@ -399,6 +429,7 @@ impl Store {
     pub async fn replay_event(&self, webhook_id: &str) -> Result<Requeued, StoreError> {
         match self {
             Store::Postgres(s) => s.replay_event(webhook_id).await,
+            Store::Sqlite(s) => s.replay_event(webhook_id).await,
         }
     }
 
@@ -408,6 +439,7 @@ impl Store {
     pub fn job_wakeups(&self) -> Arc<Notify> {
         match self {
             Store::Postgres(s) => s.job_wakeups(),
+            Store::Sqlite(s) => s.job_wakeups(),
         }
     }
 
@@ -415,6 +447,7 @@ impl Store {
     pub fn delivery_wakeups(&self) -> Arc<Notify> {
         match self {
             Store::Postgres(s) => s.delivery_wakeups(),
+            Store::Sqlite(s) => s.delivery_wakeups(),
         }
     }
 
@@ -423,6 +456,7 @@ impl Store {
     pub fn listen_for_jobs(&self) {
         match self {
             Store::Postgres(s) => s.listen_for_jobs(),
+            Store::Sqlite(s) => s.listen_for_jobs(),
         }
     }
 }
@@ -441,6 +475,7 @@ impl Store {
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         match self {
             Store::Postgres(s) => s.queue_stats().await,
+            Store::Sqlite(s) => s.queue_stats().await,
         }
     }
 
@@ -448,6 +483,7 @@ impl Store {
     pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
         match self {
             Store::Postgres(s) => s.discard_reasons(limit).await,
+            Store::Sqlite(s) => s.discard_reasons(limit).await,
         }
     }
 }
@@ -484,6 +520,7 @@ impl Store {
     pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.prune_batch(scope, batch).await,
+            Store::Sqlite(s) => s.prune_batch(scope, batch).await,
         }
     }
 
@@ -491,6 +528,7 @@ impl Store {
     pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.count_prunable(scope).await,
+            Store::Sqlite(s) => s.count_prunable(scope).await,
         }
     }
 }
@@ -539,6 +577,7 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         match self {
             Store::Postgres(s) => s.claim_deliveries(worker_id, lease, limit).await,
+            Store::Sqlite(s) => s.claim_deliveries(worker_id, lease, limit).await,
         }
     }
 
@@ -551,12 +590,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(s) => s.finish_delivery(delivery, outcome).await,
+            Store::Sqlite(s) => s.finish_delivery(delivery, outcome).await,
         }
     }
 
     pub async fn rescue_expired_deliveries(&self, max_attempts: i32) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.rescue_expired_deliveries(max_attempts).await,
+            Store::Sqlite(s) => s.rescue_expired_deliveries(max_attempts).await,
         }
     }
 
@@ -567,6 +608,7 @@ impl Store {
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         match self {
             Store::Postgres(s) => s.list_deliveries(state, limit).await,
+            Store::Sqlite(s) => s.list_deliveries(state, limit).await,
         }
     }
 
@@ -574,6 +616,7 @@ impl Store {
     pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.requeue_deliveries(id).await,
+            Store::Sqlite(s) => s.requeue_deliveries(id).await,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! (`crate::jwks`) and passed in as [`PublishedKeys`].
 
 mod ed25519;
+pub mod explain;
 mod hmac_v1;
 mod jwt;
 mod published;

@@ -43,7 +43,11 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
     // is never rescued; checking once per poll is plenty.
     let rescue_every = settings.poll_interval.max(Duration::from_secs(1));
     let mut last_rescue: Option<Instant> = None;
-    tracing::info!(concurrency = settings.concurrency, "{} started", queue.name());
+    tracing::info!(
+        concurrency = settings.concurrency,
+        "{} started",
+        queue.name()
+    );
 
     while !shutdown.is_cancelled() {
         if last_rescue.is_none_or(|at| at.elapsed() >= rescue_every) {
@@ -78,10 +82,17 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
         }
     }
 
-    tracing::info!(running = running.len(), "{} stopping: no new claims", queue.name());
+    tracing::info!(
+        running = running.len(),
+        "{} stopping: no new claims",
+        queue.name()
+    );
     let drained = tokio::time::timeout(settings.shutdown_grace, drain(&mut running)).await;
     if drained.is_err() {
-        tracing::warn!(running = running.len(), "grace period over: releasing what still runs");
+        tracing::warn!(
+            running = running.len(),
+            "grace period over: releasing what still runs"
+        );
         hard_stop.cancel();
         drain(&mut running).await;
     }
