@@ -6,7 +6,9 @@ use crate::helpers::*;
 #[tokio::test]
 async fn while_the_database_refuses_connections_deliveries_get_503_and_afterwards_200_without_a_restart()
  {
-    let app = spawn_app().await;
+    crate::require_postgres!();
+    // A short wait for a connection, so the outage is answered quickly.
+    let app = spawn_app_with(|f| f.merge(("database_acquire_timeout_ms", 500))).await;
     assert_eq!(
         app.post_signed(&unique_id(), &batch_succeeded("before"))
             .await

@@ -143,6 +143,7 @@ impl TestApp {
 
 #[tokio::test]
 async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a() {
+    crate::require_postgres!();
     let (first, second) = (new_key(), new_key());
     let jwks = JwksServer::start(&[&first, &second]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -159,6 +160,7 @@ async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a
 
 #[tokio::test]
 async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
 
@@ -174,6 +176,7 @@ async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
 
 #[tokio::test]
 async fn a_v1a_delivery_over_a_changed_body_is_refused() {
+    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -190,6 +193,7 @@ async fn a_v1a_delivery_over_a_changed_body_is_refused() {
 
 #[tokio::test]
 async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
+    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -209,6 +213,7 @@ async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
 
 #[tokio::test]
 async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 1).await;
     jwks.wait_for_hits(1).await;
@@ -226,6 +231,7 @@ async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 2).await;
     jwks.wait_for_hits(1).await;
@@ -248,6 +254,7 @@ async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
 
 #[tokio::test]
 async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
+    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 1).await;
@@ -269,6 +276,7 @@ async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
 
 #[tokio::test]
 async fn a_whpk_key_from_configuration_verifies_without_any_jwks() {
+    crate::require_postgres!();
     let key = new_key();
     let public = key.public_key().to_string();
     let app = spawn_app_with(move |f| f.merge(("public_keys", public))).await;
@@ -297,6 +305,7 @@ async fn post_jwt(app: &TestApp, token: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kids_key() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
     let now = unix_now();
@@ -322,6 +331,7 @@ async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kid
 
 #[tokio::test]
 async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
     let claims = URL_SAFE_NO_PAD.encode(json!({"exp": unix_now() + 600}).to_string());
@@ -348,6 +358,7 @@ async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
 
 #[tokio::test]
 async fn a_valid_jwt_is_refused_when_jwt_acceptance_is_turned_off() {
+    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let url = jwks.url.clone();
     let app = spawn_app_with(move |f| {

@@ -86,6 +86,7 @@ fn event(event_type: &str, data: Value) -> String {
 
 #[tokio::test]
 async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_library_verifies_it() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     gemini.script(
         "h1",
@@ -124,6 +125,7 @@ async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_librar
 
 #[tokio::test]
 async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     let (nightly, agents) = (Application::default(), Application::default());
     let (nightly_url, agents_url) = (nightly.start().await, agents.start().await);
@@ -177,6 +179,7 @@ async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match()
 
 #[tokio::test]
 async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     let application = Application::default();
     let url = application.start().await;
@@ -225,6 +228,7 @@ async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
 
 #[tokio::test]
 async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_is_retried() {
+    crate::require_postgres!();
     let prefix = format!("gemhooktest{}", uuid::Uuid::new_v4().simple());
     let stream = prefix.to_uppercase();
     let gemini = GeminiStandIn::start().await;
@@ -271,6 +275,7 @@ async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
+    crate::require_postgres!();
     let db = TestDatabase::create().await;
     let config = std::env::temp_dir().join(format!("gemhook-example-{}.toml", db.name));
     std::fs::write(

@@ -9,7 +9,9 @@ use gemhook::config::Settings;
 use gemhook::startup::{Application, Role};
 use gemhook::verify::{WebhookSecret, sign_v1};
 use gemhook::worker::Worker;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
 /// The project secret every test app is configured with (a Standard Webhooks test secret).
@@ -43,6 +45,82 @@ pub fn signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String 
     sign_v1(&WebhookSecret::parse(secret).unwrap(), id, timestamp, body)
 }
 
+/// The database backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+tokio::task_local! {
+    /// Set by [`on_both_backends!`] for the test's own task; tests outside it run on Postgres.
+    pub static BACKEND: Backend;
+}
+
+pub fn current_backend() -> Backend {
+    BACKEND
+        .try_with(|backend| *backend)
+        .unwrap_or(Backend::Postgres)
+}
+
+/// Whether Postgres-backed tests can run. Without `GEMHOOK_TEST_DATABASE_URL` they are skipped
+/// with a notice, except under `CI=true`, where a missing database must fail the run.
+pub fn postgres_available() -> bool {
+    if std::env::var_os("GEMHOOK_TEST_DATABASE_URL").is_some() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but GEMHOOK_TEST_DATABASE_URL is not set: the Postgres tests cannot run");
+    }
+    eprintln!(
+        "notice: GEMHOOK_TEST_DATABASE_URL is not set; skipping a Postgres-backed test \
+         (e.g. GEMHOOK_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres)"
+    );
+    false
+}
+
+/// Skips the rest of a Postgres-only test when no Postgres is configured (see
+/// [`postgres_available`]).
+#[macro_export]
+macro_rules! require_postgres {
+    () => {
+        if !$crate::helpers::postgres_available() {
+            return;
+        }
+    };
+}
+
+/// One scenario, two tests: `<name>::postgres` and `<name>::sqlite`. The body runs with the
+/// backend set for [`spawn_app`] and [`TestDatabase::create`].
+#[macro_export]
+macro_rules! on_both_backends {
+    ($( $(#[doc = $doc:expr])* async fn $name:ident() $body:block )*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[doc = $doc])*
+            async fn scenario() $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                if $crate::helpers::postgres_available() {
+                    $crate::helpers::BACKEND
+                        .scope($crate::helpers::Backend::Postgres, scenario())
+                        .await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $crate::helpers::BACKEND
+                    .scope($crate::helpers::Backend::Sqlite, scenario())
+                    .await;
+            }
+        }
+    )*};
+}
+
 /// The admin URL of the Postgres server tests create their databases on.
 pub fn admin_url() -> String {
     std::env::var("GEMHOOK_TEST_DATABASE_URL").expect(
@@ -51,15 +129,27 @@ pub fn admin_url() -> String {
     )
 }
 
-/// A database created for one test and dropped when the test ends.
+/// A database created for one test and dropped when the test ends: a fresh Postgres database,
+/// or a fresh SQLite file.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    pub backend: Backend,
     admin_url: String,
 }
 
 impl TestDatabase {
     pub async fn create() -> TestDatabase {
+        let name = format!("gemhook_test_{}", uuid::Uuid::new_v4().simple());
+        if current_backend() == Backend::Sqlite {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            return TestDatabase {
+                url: format!("sqlite://{}", path.display()),
+                name,
+                backend: Backend::Sqlite,
+                admin_url: String::new(),
+            };
+        }
         let admin_url = admin_url();
         let name = format!("gemhook_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnectOptions::from_str(&admin_url)
@@ -75,6 +165,7 @@ impl TestDatabase {
         TestDatabase {
             name,
             url,
+            backend: Backend::Postgres,
             admin_url,
         }
     }
@@ -93,6 +184,13 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.backend == Backend::Sqlite {
+            let path = self.url.trim_start_matches("sqlite://").to_owned();
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            return;
+        }
         // Drop runs inside the test's runtime, which cannot block on itself: use a thread with
         // its own runtime. FORCE ends the app's pooled connections still open.
         let admin_url = self.admin_url.clone();
@@ -142,7 +240,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub settings: Settings,
     pub results_dir: std::path::PathBuf,
-    pub pool: PgPool,
+    /// For assertions: plain SQL that both backends understand, or per-backend SQL in the
+    /// helpers below.
+    pub pool: AnyPool,
     // Last: dropped after the pool and the server's connections are done with.
     pub db: TestDatabase,
 }
@@ -162,7 +262,6 @@ pub fn test_settings(db: &TestDatabase, results_dir: &std::path::Path) -> Figmen
         .merge(("database_url", db.url.as_str()))
         .merge(("listen", "127.0.0.1:0"))
         .merge(("webhook_secrets", SECRET))
-        .merge(("database_acquire_timeout_ms", 500))
         // Hermetic by default: no fetch of Google's JWKS. Dynamic tests turn it on against a
         // local stand-in.
         .merge(("dynamic_webhooks", false))
@@ -180,7 +279,8 @@ pub async fn spawn_app_with(customise: impl FnOnce(Figment) -> Figment) -> TestA
     let app = Application::build(&settings, Role::Receiver).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let pool = PgPoolOptions::new()
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
         .max_connections(2)
         .connect_lazy(&db.url)
         .unwrap();
@@ -217,34 +317,59 @@ impl TestApp {
     /// Moves every retryable job's schedule to now: the test's stand-in for waiting out the
     /// backoff (whose length the tests check separately).
     pub async fn make_retries_due(&self) {
-        sqlx::query("UPDATE jobs SET scheduled_at = now() WHERE state = 'retryable'")
-            .execute(&self.pool)
-            .await
-            .unwrap();
+        self.make_due("jobs").await;
+    }
+
+    /// Moves every retryable row of `table` (jobs, deliveries) to now.
+    pub async fn make_due(&self, table: &str) {
+        let now = match self.db.backend {
+            Backend::Postgres => "now()",
+            Backend::Sqlite => "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER)",
+        };
+        sqlx::query(&format!(
+            "UPDATE {table} SET scheduled_at = {now} WHERE state = 'retryable'"
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
     }
 
     /// (state, attempt, number of errors kept) of the job of an event.
     pub async fn job_of(&self, webhook_id: &str) -> (String, i32, i64) {
-        sqlx::query_as(
-            "SELECT j.state, j.attempt, jsonb_array_length(j.errors)::bigint
-             FROM jobs j JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
-        )
+        let errors = match self.db.backend {
+            Backend::Postgres => "jsonb_array_length(j.errors)::bigint",
+            Backend::Sqlite => "json_array_length(j.errors)",
+        };
+        let (state, attempt, errors): (String, i64, i64) = sqlx::query_as(&format!(
+            "SELECT j.state, CAST(j.attempt AS BIGINT), {errors}
+             FROM jobs j JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1"
+        ))
         .bind(webhook_id)
         .fetch_one(&self.pool)
         .await
-        .unwrap()
+        .unwrap();
+        (state, attempt as i32, errors)
     }
 
     /// The result row of an event's job as JSON, if any.
     pub async fn result_of(&self, webhook_id: &str) -> Option<serde_json::Value> {
-        sqlx::query_scalar(
-            "SELECT to_jsonb(r) FROM results r JOIN jobs j ON j.id = r.job_id
-             JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
-        )
+        let row = match self.db.backend {
+            Backend::Postgres => "to_jsonb(r)::text",
+            Backend::Sqlite => {
+                "json_object('outcome', r.outcome, 'resource_kind', r.resource_kind,
+                    'resource_id', r.resource_id, 'location', r.location,
+                    'size_bytes', r.size_bytes, 'sha256', r.sha256, 'summary', json(r.summary))"
+            }
+        };
+        let text: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT {row} FROM results r JOIN jobs j ON j.id = r.job_id
+             JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1"
+        ))
         .bind(webhook_id)
         .fetch_optional(&self.pool)
         .await
-        .unwrap()
+        .unwrap();
+        text.map(|text: String| serde_json::from_str(&text).unwrap())
     }
 
     pub fn webhook_url(&self) -> String {

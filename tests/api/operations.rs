@@ -51,6 +51,7 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_sequence_of_deliveries_and_jobs() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     gemini.script(
         "m1",
@@ -161,6 +162,7 @@ async fn metrics_count_a_known_sequence_of_deliveries_and_jobs() {
 
 #[tokio::test]
 async fn readiness_shows_the_backlog_age() {
+    crate::require_postgres!();
     let app = spawn_app().await;
     app.post_signed(&unique_id(), &batch_succeeded("ready"))
         .await;
@@ -223,6 +225,7 @@ async fn remaining(app: &TestApp, ids: &[String]) -> Vec<bool> {
 #[tokio::test]
 async fn pruning_deletes_old_finished_events_and_keeps_the_young_the_running_and_the_dead_letters()
 {
+    crate::require_postgres!();
     let app = spawn_app().await;
     let ids = events_of_every_age_and_state(&app).await;
     let env = [("GEMHOOK_DATABASE_URL", app.db.url.as_str())];
@@ -260,6 +263,7 @@ async fn pruning_deletes_old_finished_events_and_keeps_the_young_the_running_and
 
 #[tokio::test]
 async fn retention_shorter_than_two_days_is_refused() {
+    crate::require_postgres!();
     let db = TestDatabase::create().await;
     let refused_cli = gemhook_command(&[("GEMHOOK_DATABASE_URL", &db.url)])
         .args(["prune", "--older-than", "36h"])
@@ -281,6 +285,7 @@ async fn retention_shorter_than_two_days_is_refused() {
 
 #[tokio::test]
 async fn the_background_pruner_removes_old_finished_events() {
+    crate::require_postgres!();
     let app = spawn_app_with(|f| f.merge(("prune_interval_secs", 1))).await;
     let ids = events_of_every_age_and_state(&app).await;
 
@@ -297,6 +302,7 @@ async fn the_background_pruner_removes_old_finished_events() {
 
 #[tokio::test]
 async fn events_jobs_and_stats_can_be_filtered_and_summarised() {
+    crate::require_postgres!();
     let app = spawn_app().await;
     let batch = unique_id();
     app.post_signed(&batch, &batch_succeeded("f")).await;

@@ -53,6 +53,11 @@ impl Gemhook {
         for (name, value) in env {
             command.env(name, value);
         }
+        Self::from_command(command, args)
+    }
+
+    /// Starts a prepared command (environment, working directory) and waits until it listens.
+    pub fn from_command(mut command: Command, args: &[&str]) -> (Gemhook, String) {
         let mut child = command
             .args(args)
             .env("GEMHOOK_LISTEN", "127.0.0.1:0")
@@ -174,6 +179,7 @@ fn an_empty_secret_stops_start_up() {
 
 #[tokio::test]
 async fn secrets_and_signatures_never_appear_in_the_logs() {
+    crate::require_postgres!();
     let db = TestDatabase::create().await;
     let (mut gemhook, address) = Gemhook::serve(&[
         ("GEMHOOK_DATABASE_URL", &db.url),
@@ -219,6 +225,7 @@ async fn secrets_and_signatures_never_appear_in_the_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_zero() {
+    crate::require_postgres!();
     let db = TestDatabase::create().await;
     let (mut gemhook, address) = Gemhook::serve(&[
         ("GEMHOOK_DATABASE_URL", &db.url),
@@ -267,6 +274,7 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_zero() {
 
 #[tokio::test]
 async fn events_list_and_show_print_what_was_stored() {
+    crate::require_postgres!();
     let app = spawn_app().await;
     let id = unique_id();
     let body = batch_succeeded("cli");
@@ -311,6 +319,7 @@ async fn events_list_and_show_print_what_was_stored() {
 
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
+    crate::require_postgres!();
     let db = TestDatabase::create().await;
     let output = gemhook_command(&[("DATABASE_URL", &db.url)])
         .arg("migrate")
@@ -330,4 +339,133 @@ async fn migrate_applies_the_schema_and_exits() {
     .unwrap();
     assert_eq!(tables, 2);
     pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_database_variable_a_fresh_directory_serves_sends_and_lists_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("gemhook-fresh-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let in_dir = |command: &mut Command| {
+        command.current_dir(&dir);
+    };
+    let mut serve = gemhook_command(&[("GEMHOOK_WEBHOOK_SECRETS", SECRET)]);
+    in_dir(&mut serve);
+    let (mut gemhook, address) = Gemhook::from_command(serve, &["serve"]);
+    let url = format!("{address}/webhooks/gemini");
+
+    let mut send = gemhook_command(&[]);
+    in_dir(&mut send);
+    let sent = send
+        .args(["send", "batch.succeeded", "--url", &url, "--secret", SECRET])
+        .output()
+        .unwrap();
+    let mut list = gemhook_command(&[]);
+    in_dir(&mut list);
+    let listed = list.args(["events", "list", "--json"]).output().unwrap();
+    gemhook.terminate();
+    assert!(gemhook.wait_success());
+
+    let sent_text = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{sent_text}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        sent_text.contains(r#"→ 200 {"status":"accepted"}"#),
+        "{sent_text}"
+    );
+    let events: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(events[0]["type"], "batch.succeeded");
+    assert!(
+        dir.join("data/gemhook.db").exists(),
+        "the embedded database was created"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gemhook_processes_on_one_sqlite_file_never_process_a_job_twice() {
+    use crate::standin::{Answer, GeminiStandIn};
+    let gemini = GeminiStandIn::start().await;
+    let db = crate::helpers::BACKEND
+        .scope(crate::helpers::Backend::Sqlite, TestDatabase::create())
+        .await;
+    let results = std::env::temp_dir().join(format!("gemhook-two-{}", db.name));
+    let results_dir = results.to_string_lossy().into_owned();
+    let env = [
+        ("GEMHOOK_DATABASE_URL", db.url.as_str()),
+        ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
+        ("GEMHOOK_GEMINI_BASE_URL", gemini.url.as_str()),
+        ("GEMINI_API_KEY", GEMINI_API_KEY),
+        ("GEMHOOK_RESULTS_DIR", results_dir.as_str()),
+        ("GEMHOOK_DYNAMIC_WEBHOOKS", "false"),
+        ("GEMHOOK_POLL_INTERVAL_MS", "50"),
+    ];
+    let (mut receiver, address) = Gemhook::start(&["serve", "--role", "receiver"], &env);
+    let client = reqwest::Client::new();
+    for i in 0..60 {
+        gemini.script(
+            &format!("two{i}"),
+            [Answer::Body(bytes::Bytes::from(format!("{{\"k\":{i}}}\n")))],
+        );
+        let id = unique_id();
+        let body = format!(
+            r#"{{"type":"batch.succeeded","data":{{"id":"batches/t{i}","output_file_uri":"files/two{i}"}}}}"#
+        );
+        let timestamp = unix_now();
+        let status = client
+            .post(format!("{address}/webhooks/gemini"))
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature(SECRET, &id, timestamp, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+
+    let (mut one, _) = Gemhook::start(&["serve", "--role", "worker"], &env);
+    let (mut two, _) = Gemhook::start(&["serve", "--role", "worker"], &env);
+    let mut done = false;
+    for _ in 0..400 {
+        let listed = gemhook_command(&env)
+            .args([
+                "jobs",
+                "list",
+                "--state",
+                "completed",
+                "--json",
+                "--limit",
+                "100",
+            ])
+            .output()
+            .unwrap();
+        let completed: serde_json::Value =
+            serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        if completed.as_array().is_some_and(|jobs| jobs.len() == 60) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for process in [&mut one, &mut two, &mut receiver] {
+        process.terminate();
+        assert!(process.wait_success());
+    }
+    let _ = std::fs::remove_dir_all(&results);
+
+    assert!(done, "all 60 jobs completed");
+    for i in 0..60 {
+        assert_eq!(
+            gemini.hits_for(&format!("two{i}:")),
+            1,
+            "file two{i} fetched once"
+        );
+    }
 }

@@ -1,8 +1,9 @@
-//! `POST /webhooks/gemini`: every answer the receiver can give.
+//! `POST /webhooks/gemini`: every answer the receiver can give, on both backends.
 
 use crate::helpers::*;
 
-#[tokio::test]
+crate::on_both_backends! {
+
 async fn a_signed_new_delivery_is_accepted_and_stored_with_its_job() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -32,7 +33,6 @@ async fn a_signed_new_delivery_is_accepted_and_stored_with_its_job() {
     assert_eq!(job_state, "available");
 }
 
-#[tokio::test]
 async fn a_duplicate_redelivery_with_a_fresh_timestamp_is_acknowledged_and_not_enqueued_again() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -56,7 +56,6 @@ async fn a_duplicate_redelivery_with_a_fresh_timestamp_is_acknowledged_and_not_e
     assert_eq!(app.count("jobs").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_copies_of_one_delivery_give_exactly_one_event_and_one_job() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -80,7 +79,6 @@ async fn twenty_concurrent_copies_of_one_delivery_give_exactly_one_event_and_one
     assert_eq!(app.count("jobs").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_group_commit_concurrent_copies_still_give_one_event_and_one_job() {
     let app = spawn_app_with(|f| f.merge(("group_commit_writers", 0))).await;
     let id = unique_id();
@@ -94,7 +92,6 @@ async fn without_group_commit_concurrent_copies_still_give_one_event_and_one_job
     assert_eq!(app.count("jobs").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_distinct_concurrent_deliveries_each_get_their_own_event_and_job() {
     let app = spawn_app().await;
     let deliveries: Vec<(String, String)> = (0..200)
@@ -122,7 +119,6 @@ async fn many_distinct_concurrent_deliveries_each_get_their_own_event_and_job() 
     assert_eq!(app.count("jobs").await, 200);
 }
 
-#[tokio::test]
 async fn a_delivery_signed_with_either_of_two_configured_secrets_is_accepted() {
     let app =
         spawn_app_with(|f| f.merge(("webhook_secrets", format!("{SECRET},{OTHER_SECRET}")))).await;
@@ -140,7 +136,6 @@ async fn a_delivery_signed_with_either_of_two_configured_secrets_is_accepted() {
     assert_eq!(app.count("events").await, 2);
 }
 
-#[tokio::test]
 async fn a_body_changed_by_one_byte_is_refused_as_an_invalid_signature() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -168,7 +163,6 @@ async fn a_body_changed_by_one_byte_is_refused_as_an_invalid_signature() {
     assert_eq!(app.count("events").await, 0);
 }
 
-#[tokio::test]
 async fn a_reserialised_body_is_refused_because_the_raw_bytes_are_what_is_signed() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -193,7 +187,6 @@ async fn a_reserialised_body_is_refused_because_the_raw_bytes_are_what_is_signed
     assert_eq!(response.status(), 401);
 }
 
-#[tokio::test]
 async fn a_signature_from_an_unknown_secret_is_refused() {
     let app = spawn_app().await;
     let response = app
@@ -206,7 +199,6 @@ async fn a_signature_from_an_unknown_secret_is_refused() {
     );
 }
 
-#[tokio::test]
 async fn stale_and_future_timestamps_are_refused_even_with_a_valid_signature() {
     let app = spawn_app().await;
     let body = batch_succeeded("batch_8");
@@ -229,7 +221,6 @@ async fn stale_and_future_timestamps_are_refused_even_with_a_valid_signature() {
     assert_eq!(app.count("events").await, 0);
 }
 
-#[tokio::test]
 async fn each_absent_or_empty_webhook_header_is_a_missing_header() {
     let app = spawn_app().await;
     let id = unique_id();
@@ -263,7 +254,6 @@ async fn each_absent_or_empty_webhook_header_is_a_missing_header() {
     }
 }
 
-#[tokio::test]
 async fn a_malformed_id_or_timestamp_is_an_invalid_header() {
     let app = spawn_app().await;
     let long_id = "m".repeat(257);
@@ -291,7 +281,6 @@ async fn a_malformed_id_or_timestamp_is_an_invalid_header() {
     }
 }
 
-#[tokio::test]
 async fn verified_bodies_that_are_not_known_events_are_accepted_and_kept() {
     let app = spawn_app().await;
     let cases = [
@@ -320,7 +309,6 @@ async fn verified_bodies_that_are_not_known_events_are_accepted_and_kept() {
     assert_eq!(app.count("jobs").await, 4, "every new event gets its job");
 }
 
-#[tokio::test]
 async fn a_body_at_the_limit_is_accepted_and_one_byte_more_is_too_large() {
     let app = spawn_app_with(|f| f.merge(("max_body_bytes", 1024))).await;
     let at_limit = format!(
@@ -340,7 +328,6 @@ async fn a_body_at_the_limit_is_accepted_and_one_byte_more_is_too_large() {
     );
 }
 
-#[tokio::test]
 async fn a_chunked_body_over_the_limit_is_too_large() {
     let app = spawn_app_with(|f| f.merge(("max_body_bytes", 1024))).await;
     // No Content-Length: the limit must hold while the body streams in.
@@ -361,14 +348,12 @@ async fn a_chunked_body_over_the_limit_is_too_large() {
     assert_eq!(response.status(), 413);
 }
 
-#[tokio::test]
 async fn other_methods_on_the_webhook_path_are_not_allowed() {
     let app = spawn_app().await;
     let response = app.client.get(app.webhook_url()).send().await.unwrap();
     assert_eq!(response.status(), 405);
 }
 
-#[tokio::test]
 async fn header_names_are_case_insensitive_on_the_wire() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -394,7 +379,6 @@ async fn header_names_are_case_insensitive_on_the_wire() {
     assert!(answer.ends_with(r#"{"status":"accepted"}"#), "{answer}");
 }
 
-#[tokio::test]
 async fn health_answers_and_readiness_reports_the_migrated_database() {
     let app = spawn_app().await;
     let health = app
@@ -415,7 +399,6 @@ async fn health_answers_and_readiness_reports_the_migrated_database() {
     assert_eq!(json["migrations_applied"], true);
 }
 
-#[tokio::test]
 async fn readiness_fails_while_migrations_are_not_applied() {
     let app = spawn_app_with(|f| f.merge(("auto_migrate", false))).await;
     let ready = app
@@ -428,4 +411,5 @@ async fn readiness_fails_while_migrations_are_not_applied() {
     assert_eq!(status, 503);
     assert_eq!(json["database"], true);
     assert_eq!(json["migrations_applied"], false);
+}
 }

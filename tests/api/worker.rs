@@ -54,7 +54,7 @@ fn read_location(result: &Value) -> Vec<u8> {
     std::fs::read(location.trim_start_matches("file://")).unwrap()
 }
 
-#[tokio::test]
+crate::on_both_backends! {
 async fn batch_succeeded_downloads_the_results_file_and_records_its_summary() {
     let gemini = GeminiStandIn::start().await;
     gemini.script("f1", [Answer::Body(Bytes::from(RESULTS_JSONL))]);
@@ -77,7 +77,6 @@ async fn batch_succeeded_downloads_the_results_file_and_records_its_summary() {
     assert_eq!(hits[0].api_key.as_deref(), Some(GEMINI_API_KEY));
 }
 
-#[tokio::test]
 async fn video_generated_downloads_the_video_from_output_file_uri_or_video_uri() {
     let gemini = GeminiStandIn::start().await;
     gemini.script(
@@ -117,7 +116,6 @@ async fn video_generated_downloads_the_video_from_output_file_uri_or_video_uri()
     }
 }
 
-#[tokio::test]
 async fn interaction_events_fetch_and_store_the_interaction_with_its_status() {
     let gemini = GeminiStandIn::start().await;
     let done = json!({"id": "v1_ChdDone", "status": "completed", "steps": [{"text": "hi"}]});
@@ -151,7 +149,6 @@ async fn interaction_events_fetch_and_store_the_interaction_with_its_status() {
     assert_eq!(result["summary"]["status"], "requires_action");
 }
 
-#[tokio::test]
 async fn failures_expiries_and_unknown_types_are_recorded_without_any_request() {
     let gemini = GeminiStandIn::start().await;
     let app = app_for(&gemini).await;
@@ -183,7 +180,6 @@ async fn failures_expiries_and_unknown_types_are_recorded_without_any_request() 
     assert!(gemini.hits().is_empty());
 }
 
-#[tokio::test]
 async fn a_503_twice_then_success_completes_on_the_third_attempt_keeping_both_errors() {
     let gemini = GeminiStandIn::start().await;
     gemini.script(
@@ -208,28 +204,6 @@ async fn a_503_twice_then_success_completes_on_the_third_attempt_keeping_both_er
     assert_eq!(gemini.hits_for("flaky"), 3);
 }
 
-#[tokio::test]
-async fn a_429_with_retry_after_schedules_the_retry_no_earlier_than_asked() {
-    let gemini = GeminiStandIn::start().await;
-    gemini.script("limited", [Answer::Status(429, Some(120))]);
-    let app = app_for(&gemini).await;
-    let id = deliver(&app, &batch_event("b3", "limited")).await;
-
-    app.run_worker_until_idle().await;
-
-    let wait: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM j.scheduled_at - now())::float8 FROM jobs j
-         JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(app.job_of(&id).await.0, "retryable");
-    assert!((115.0..=121.0).contains(&wait), "retry in {wait} s");
-}
-
-#[tokio::test]
 async fn a_read_timeout_is_retried() {
     let gemini = GeminiStandIn::start().await;
     gemini.script(
@@ -254,7 +228,6 @@ async fn a_read_timeout_is_retried() {
     assert!(last_error.contains("timed out"), "{last_error}");
 }
 
-#[tokio::test]
 async fn a_404_is_discarded_after_its_attempts_with_every_error_kept() {
     let gemini = GeminiStandIn::start().await;
     let app = app_for(&gemini).await;
@@ -269,7 +242,6 @@ async fn a_404_is_discarded_after_its_attempts_with_every_error_kept() {
     assert_eq!(gemini.hits_for("gone"), 3);
 }
 
-#[tokio::test]
 async fn a_pointer_to_a_foreign_host_is_discarded_and_that_host_never_sees_the_key() {
     let gemini = GeminiStandIn::start().await;
     let foreign = GeminiStandIn::start().await;
@@ -294,7 +266,6 @@ async fn a_pointer_to_a_foreign_host_is_discarded_and_that_host_never_sees_the_k
     assert!(foreign.hits().is_empty());
 }
 
-#[tokio::test]
 async fn a_redirect_to_a_foreign_host_is_refused_and_the_key_never_follows_it() {
     let gemini = GeminiStandIn::start().await;
     let foreign = GeminiStandIn::start().await;
@@ -316,7 +287,6 @@ async fn a_redirect_to_a_foreign_host_is_refused_and_the_key_never_follows_it() 
     assert!(foreign.hits().is_empty());
 }
 
-#[tokio::test]
 async fn the_same_resource_named_by_two_deliveries_is_downloaded_once() {
     let gemini = GeminiStandIn::start().await;
     gemini.script("same", [Answer::Body(Bytes::from(RESULTS_JSONL))]);
@@ -336,7 +306,6 @@ async fn the_same_resource_named_by_two_deliveries_is_downloaded_once() {
     assert_eq!(b["summary"]["reused"], true);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_racing_on_a_hundred_jobs_process_each_exactly_once() {
     let gemini = GeminiStandIn::start().await;
     let app = app_for(&gemini).await;
@@ -367,7 +336,6 @@ async fn two_workers_racing_on_a_hundred_jobs_process_each_exactly_once() {
     }
 }
 
-#[tokio::test]
 async fn a_discarded_job_can_be_retried_and_an_event_replayed() {
     let gemini = GeminiStandIn::start().await;
     let app = app_for(&gemini).await;
@@ -418,7 +386,6 @@ async fn a_discarded_job_can_be_retried_and_an_event_replayed() {
     assert_eq!(jobs[0]["webhook_id"], id.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_releases_a_running_job_for_another_worker() {
     let gemini = GeminiStandIn::start().await;
     gemini.script(
@@ -453,9 +420,32 @@ async fn graceful_shutdown_releases_a_running_job_for_another_worker() {
     app.run_worker_until_idle().await;
     assert_eq!(app.job_of(&id).await, ("completed".into(), 1, 0));
 }
+}
 
+#[tokio::test]
+async fn a_429_with_retry_after_schedules_the_retry_no_earlier_than_asked() {
+    crate::require_postgres!();
+    let gemini = GeminiStandIn::start().await;
+    gemini.script("limited", [Answer::Status(429, Some(120))]);
+    let app = app_for(&gemini).await;
+    let id = deliver(&app, &batch_event("b3", "limited")).await;
+
+    app.run_worker_until_idle().await;
+
+    let wait: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM j.scheduled_at - now())::float8 FROM jobs j
+         JOIN events e ON e.id = j.event_id WHERE e.webhook_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(app.job_of(&id).await.0, "retryable");
+    assert!((115.0..=121.0).contains(&wait), "retry in {wait} s");
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_download_leaves_no_partial_result_and_another_finishes_the_job() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     gemini.script(
         "killed",
@@ -508,9 +498,9 @@ async fn a_worker_killed_mid_download_leaves_no_partial_result_and_another_finis
         RESULTS_JSONL.as_bytes()
     );
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_download_streams_through_a_worker_process_in_bounded_memory() {
+    crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
     // ~200 MB of ~1 KiB JSONL lines, generated as it is sent.
     gemini.script("huge", [Answer::Generated { lines: 200_000 }]);
