@@ -2,13 +2,20 @@
 //!
 //! Modules follow a delivery's path:
 //!
-//! - [`http`]: `POST /webhooks/gemini` keeps the raw body and answers; health endpoints.
-//! - [`verify`]: pure signature and timestamp checks (no I/O, clock passed in).
+//! - [`http`]: `POST /webhooks/gemini` keeps the raw body and answers; health and metrics.
+//! - [`verify`]: pure signature and timestamp checks (`v1`, `v1a`, JWT; no I/O, clock passed
+//!   in), and [`verify::explain`] for `gemhook verify`; [`jwks`] keeps Google's keys.
 //! - [`envelope`]: pure, defensive reading of Gemini's event envelope.
-//! - [`store`]: events (the idempotency table) and jobs (the queue), behind one seam.
+//! - [`store`]: events (the idempotency table), jobs (the queue), results, outcomes and
+//!   deliveries, behind one seam with a Postgres and an embedded SQLite backend.
+//! - [`worker`]: claims jobs and follows their pointers through [`gemini`] (the REST client and
+//!   pointer planning) into [`results`] (the results store).
+//! - [`deliver`]: hands each finished outcome to the application's sinks (HTTP, NATS, handler).
 //!
-//! Around them: [`config`] (defaults → file → environment), [`telemetry`] (logs),
-//! [`startup`] (build → port → run until stopped), [`cli`] (the commands).
+//! Around them: [`config`] (defaults → file → environment), [`telemetry`] (logs), [`observe`]
+//! (metrics), [`retention`] (pruning), [`startup`] (build → port → run until stopped, and the
+//! embeddable [`Server`]), [`cli`] (the commands), [`send`] and [`capture`] (trying and
+//! checking a deployment), [`bench`] (the load generator).
 
 #![forbid(unsafe_code)]
 
