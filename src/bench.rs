@@ -74,13 +74,15 @@ impl std::fmt::Display for IngestReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("the HTTP client could not be built")]
-    Client(#[source] reqwest::Error),
+    #[error("the URL must be http://host:port/path")]
+    Url,
 }
 
 struct Shared {
     plan: IngestPlan,
-    client: reqwest::Client,
+    /// `host:port` to connect to, and the request target.
+    authority: String,
+    path: String,
     run: String,
     next: AtomicU64,
     accepted: AtomicU64,
@@ -91,14 +93,20 @@ struct Shared {
 
 /// Runs the plan to completion.
 pub async fn ingest(plan: IngestPlan) -> Result<IngestReport, BenchError> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(BenchError::Client)?;
+    let url = url::Url::parse(&plan.url).map_err(|_| BenchError::Url)?;
+    if url.scheme() != "http" {
+        return Err(BenchError::Url);
+    }
+    let host = url.host_str().ok_or(BenchError::Url)?;
+    let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(80));
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
     let shared = Arc::new(Shared {
         run: format!("bench_{:x}", rand::thread_rng().r#gen::<u64>()),
-        client,
+        authority,
+        path,
         next: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         duplicate: AtomicU64::new(0),
@@ -139,9 +147,25 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// One closed-loop sender: takes the next request number until the plan is done.
+type Connection = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection, opened on first use and again after an error.
+async fn connect(shared: &Shared) -> Option<Connection> {
+    let stream = tokio::net::TcpStream::connect(&shared.authority)
+        .await
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// One closed-loop sender on its own connection: takes the next request number until the
+/// plan is done.
 async fn sender(shared: Arc<Shared>) -> Histogram<u64> {
     let mut histogram = new_histogram();
+    let mut connection: Option<Connection> = None;
     loop {
         let index = shared.next.fetch_add(1, Ordering::Relaxed);
         if index >= shared.plan.requests {
@@ -155,13 +179,13 @@ async fn sender(shared: Arc<Shared>) -> Histogram<u64> {
             }
             None => Instant::now(),
         };
-        send_one(&shared, index).await;
+        send_one(&shared, index, &mut connection).await;
         let micros = due.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         histogram.saturating_record(micros.max(1));
     }
 }
 
-async fn send_one(shared: &Shared, index: u64) {
+async fn send_one(shared: &Shared, index: u64, connection: &mut Option<Connection>) {
     let plan = &shared.plan;
     let reused = index > 0 && rand::thread_rng().gen_bool(plan.duplicate_share.clamp(0.0, 1.0));
     let id_number = if reused {
@@ -179,23 +203,50 @@ async fn send_one(shared: &Shared, index: u64) {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let signature = sign_v1(&plan.secret, &id, timestamp, body.as_bytes());
-    let result = shared
-        .client
-        .post(&plan.url)
+    let request = hyper::Request::post(shared.path.as_str())
+        .header("host", shared.authority.as_str())
         .header("content-type", "application/json")
-        .header("webhook-id", &id)
+        .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let counter = match result {
-        Ok(response) if response.status().is_success() => match response.bytes().await.as_deref() {
-            Ok(br#"{"status":"duplicate"}"#) => &shared.duplicate,
-            Ok(_) => &shared.accepted,
-            Err(_) => &shared.failed,
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let counter = match request {
+        Ok(request) => match exchange(shared, connection, request).await {
+            Some((status, body)) if status.is_success() => match &body[..] {
+                br#"{"status":"duplicate"}"# => &shared.duplicate,
+                _ => &shared.accepted,
+            },
+            _ => &shared.failed,
         },
-        _ => &shared.failed,
+        Err(_) => &shared.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends one request on the sender's connection (opening it if needed) and reads the whole
+/// answer; a broken connection is dropped so the next request opens a new one.
+async fn exchange(
+    shared: &Shared,
+    connection: &mut Option<Connection>,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Option<(hyper::StatusCode, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+        *connection = connect(shared).await;
+    }
+    let sender = connection.as_mut()?;
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        sender.ready().await.ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
+    })
+    .await
+    .ok()
+    .flatten();
+    if answered.is_none() {
+        *connection = None;
+    }
+    answered
 }

@@ -65,8 +65,9 @@ impl std::fmt::Debug for Pending {
 }
 
 impl GroupWriter {
-    /// Starts `writers` tasks. Several writers keep the database busy while one of them waits
-    /// for its fsync; each holds at most one pooled connection at a time.
+    /// Starts `writers` tasks, each holding at most one pooled connection at a time. One writer
+    /// makes the largest batches (the fewest fsyncs); several can overlap commits where the
+    /// database has the disks for it.
     pub fn start(pool: PgPool, wakeups: Arc<Notify>, writers: usize, max_batch: usize) -> Self {
         // Bounded: when the database falls behind, requests wait here (back-pressure) instead
         // of piling up in memory.
