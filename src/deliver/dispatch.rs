@@ -48,7 +48,7 @@ impl Dispatcher {
         queue::run(self.clone(), &self.inner.settings, shutdown).await;
     }
 
-    /// Sends every runnable delivery once; returns how many attempts ran (for tests).
+    /// Sends every delivery runnable now, once; returns how many attempts ran (for tests).
     pub async fn run_until_idle(&self) -> usize {
         queue::run_until_idle(self, self.inner.settings.concurrency).await
     }

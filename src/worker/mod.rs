@@ -96,8 +96,8 @@ impl Worker {
         queue::run(self.clone(), &self.inner.settings, shutdown).await;
     }
 
-    /// Claims and processes jobs until none is runnable; returns how many attempts ran.
-    /// The single step tests drive (no background loop, no sleeps).
+    /// Claims every runnable job, then runs them; returns how many attempts ran. The single
+    /// step tests drive (no background loop, no sleeps).
     pub async fn run_until_idle(&self) -> usize {
         queue::run_until_idle(self, self.inner.settings.concurrency).await
     }

@@ -99,25 +99,28 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
     tracing::info!("{} stopped", queue.name());
 }
 
-/// Claims and runs items until none is runnable; returns how many ran. The single step tests
-/// drive (no background loop, no sleeps).
+/// One deterministic pass, the step tests drive: claims every item runnable now, then runs
+/// them all; returns how many ran. A retry that one of these attempts schedules waits for the
+/// next call, even when its jittered delay is near zero.
 pub async fn run_until_idle<Q: Queue>(queue: &Q, concurrency: usize) -> usize {
-    let mut processed = 0;
+    queue.rescue().await;
+    let mut claimed = Vec::new();
     loop {
-        queue.rescue().await;
         let items = queue.claim(concurrency.max(1)).await;
         if items.is_empty() {
-            return processed;
+            break;
         }
-        processed += items.len();
-        let never = CancellationToken::new();
-        futures::future::join_all(
-            items
-                .into_iter()
-                .map(|item| queue.execute(item, never.clone())),
-        )
-        .await;
+        claimed.extend(items);
     }
+    let count = claimed.len();
+    let never = CancellationToken::new();
+    futures::future::join_all(
+        claimed
+            .into_iter()
+            .map(|item| queue.execute(item, never.clone())),
+    )
+    .await;
+    count
 }
 
 async fn drain(running: &mut JoinSet<()>) {
