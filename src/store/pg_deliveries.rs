@@ -88,23 +88,8 @@ impl PgStore {
     }
 
     pub async fn rescue_expired_deliveries(&self, max_attempts: i32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET
-                 state = CASE WHEN attempt >= $1 THEN 'discarded' ELSE 'retryable' END,
-                 finalized_at = CASE WHEN attempt >= $1 THEN now() END,
-                 scheduled_at = now(),
-                 errors = errors || jsonb_build_array(jsonb_build_object(
-                     'attempt', attempt, 'at', now(),
-                     'error', 'lease expired: dispatcher ' || coalesce(locked_by, '?')
-                              || ' stopped before finishing',
-                     'retryable', attempt < $1)),
-                 locked_by = NULL, locked_until = NULL
-             WHERE state = 'running' AND locked_until < now()",
-        )
-        .bind(max_attempts)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.rescue_expired("deliveries", "dispatcher", max_attempts)
+            .await
     }
 
     pub async fn list_deliveries(

@@ -192,19 +192,31 @@ impl PgStore {
     }
 
     pub async fn rescue_expired_leases(&self, max_attempts: i32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET
+        self.rescue_expired("jobs", "worker", max_attempts).await
+    }
+
+    /// Running rows of a queue table (`jobs`, `deliveries`) whose lease expired become
+    /// retryable, or discarded after their last attempt, with the lost attempt's error kept.
+    /// `owner` names what held the lease in that error ("worker", "dispatcher").
+    pub(super) async fn rescue_expired(
+        &self,
+        table: &'static str,
+        owner: &'static str,
+        max_attempts: i32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE {table} SET
                  state = CASE WHEN attempt >= $1 THEN 'discarded' ELSE 'retryable' END,
                  finalized_at = CASE WHEN attempt >= $1 THEN now() END,
                  scheduled_at = now(),
                  errors = errors || jsonb_build_array(jsonb_build_object(
                      'attempt', attempt, 'at', now(),
-                     'error', 'lease expired: worker ' || coalesce(locked_by, '?')
+                     'error', 'lease expired: {owner} ' || coalesce(locked_by, '?')
                               || ' stopped before finishing',
                      'retryable', attempt < $1)),
                  locked_by = NULL, locked_until = NULL
-             WHERE state = 'running' AND locked_until < now()",
-        )
+             WHERE state = 'running' AND locked_until < now()"
+        ))
         .bind(max_attempts)
         .execute(&self.pool)
         .await?;
