@@ -43,6 +43,45 @@ pub enum ConfigError {
     Retention(#[from] crate::retention::RetentionError),
     #[error("jwks_url is not a valid http(s) URL")]
     JwksUrl,
+    #[error("{key} = {value} is out of range: it must be {range} ({unit})")]
+    OutOfRange {
+        key: &'static str,
+        value: u64,
+        range: String,
+        unit: &'static str,
+    },
+    #[error(
+        "max_inflight_body_bytes ({inflight}) must be at least max_body_bytes ({body}), or no delivery of the largest size could ever be read"
+    )]
+    InflightBelowBody { inflight: usize, body: usize },
+}
+
+/// A numeric setting's allowed range, inclusive.
+struct Range {
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &'static str,
+}
+
+impl Range {
+    fn check(&self) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&self.value) {
+            return Ok(());
+        }
+        let range = if self.max == u64::MAX {
+            format!("at least {}", self.min)
+        } else {
+            format!("from {} to {}", self.min, self.max)
+        };
+        Err(ConfigError::OutOfRange {
+            key: self.key,
+            value: self.value,
+            range,
+            unit: self.unit,
+        })
+    }
 }
 
 /// A string that must not be shown: `Debug` prints a placeholder.
@@ -98,6 +137,12 @@ pub struct Settings {
     pub database_acquire_timeout_ms: u64,
     pub group_commit_writers: usize,
     pub group_commit_max_batch: usize,
+    pub group_commit_max_batch_bytes: usize,
+    pub ack_deadline_ms: u64,
+    pub max_inflight_body_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub max_connections: usize,
     pub retention_days: u64,
     pub prune_interval_secs: u64,
     pub shutdown_grace_secs: u64,
@@ -157,13 +202,81 @@ impl Settings {
 
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.check_ranges()?;
         settings.keys()?;
         settings.retention()?;
         crate::deliver::validate(&settings.sinks)?;
+        crate::deliver::check_timeouts_within(
+            &settings.sinks,
+            Duration::from_secs(settings.worker_lease_secs),
+        )?;
         if settings.dynamic_webhooks {
             settings.jwks_url()?;
         }
         Ok(settings)
+    }
+
+    /// Every numeric setting against its range, so a zero that would panic or stall (a batch
+    /// of 0 rows, a pool of 0 connections) stops start-up with the key's name instead.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        // key, value, min, max (inclusive), unit
+        const DAY_SECS: u64 = 24 * 3600;
+        let n = |value: usize| value as u64;
+        #[rustfmt::skip]
+        let ranges: [(&str, u64, u64, u64, &str); 22] = [
+            ("timestamp_tolerance_secs", self.timestamp_tolerance_secs, 1, DAY_SECS, "seconds"),
+            ("max_body_bytes", n(self.max_body_bytes), 1024, 256 << 20, "bytes"),
+            ("database_max_connections", u64::from(self.database_max_connections), 1, 10_000, "connections"),
+            ("database_acquire_timeout_ms", self.database_acquire_timeout_ms, 1, 600_000, "milliseconds"),
+            ("group_commit_writers", n(self.group_commit_writers), 0, 64, "writer tasks; 0 turns group commit off"),
+            ("group_commit_max_batch", n(self.group_commit_max_batch), 1, 10_000, "deliveries"),
+            ("group_commit_max_batch_bytes", n(self.group_commit_max_batch_bytes), 1024, 1 << 30, "bytes"),
+            ("ack_deadline_ms", self.ack_deadline_ms, 100, 60_000, "milliseconds"),
+            ("max_inflight_body_bytes", n(self.max_inflight_body_bytes), 1024, 1 << 40, "bytes"),
+            ("header_read_timeout_secs", self.header_read_timeout_secs, 1, 3600, "seconds"),
+            ("body_read_timeout_secs", self.body_read_timeout_secs, 1, 3600, "seconds"),
+            ("max_connections", n(self.max_connections), 1, 1_000_000, "connections"),
+            ("prune_interval_secs", self.prune_interval_secs, 1, 7 * DAY_SECS, "seconds"),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 0, 3600, "seconds"),
+            ("jwks_ttl_secs", self.jwks_ttl_secs, 1, 7 * DAY_SECS, "seconds"),
+            ("jwks_min_refresh_secs", self.jwks_min_refresh_secs, 1, DAY_SECS, "seconds"),
+            ("worker_concurrency", n(self.worker_concurrency), 1, 10_000, "jobs at once"),
+            ("poll_interval_ms", self.poll_interval_ms, 1, 3_600_000, "milliseconds"),
+            ("max_attempts", u64::try_from(self.max_attempts).unwrap_or(0), 1, 1000, "attempts"),
+            ("worker_lease_secs", self.worker_lease_secs, 1, DAY_SECS, "seconds"),
+            ("gemini_connect_timeout_secs", self.gemini_connect_timeout_secs, 1, 600, "seconds"),
+            ("gemini_read_timeout_secs", self.gemini_read_timeout_secs, 1, 3600, "seconds"),
+        ];
+        for (key, value, min, max, unit) in ranges {
+            Range {
+                key,
+                value,
+                min,
+                max,
+                unit,
+            }
+            .check()?;
+        }
+        if self.max_inflight_body_bytes < self.max_body_bytes {
+            return Err(ConfigError::InflightBelowBody {
+                inflight: self.max_inflight_body_bytes,
+                body: self.max_body_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The ack path's limits for the group-commit writer.
+    pub fn batch_limits(&self) -> crate::store::BatchLimits {
+        crate::store::BatchLimits {
+            max_rows: self.group_commit_max_batch,
+            max_bytes: self.group_commit_max_batch_bytes,
+            deadline: self.ack_deadline(),
+        }
+    }
+
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(self.ack_deadline_ms)
     }
 
     /// The database URL: the configured one, else the embedded SQLite file.
@@ -320,6 +433,37 @@ mod tests {
         let message = Settings::from_figment(figment).unwrap_err().to_string();
         assert!(message.contains("#2 of 2"), "{message}");
         assert!(!message.contains("sup3r"), "{message}");
+    }
+
+    #[test]
+    fn a_numeric_setting_out_of_range_is_refused_with_its_key_and_unit() {
+        for (key, value) in [
+            ("group_commit_max_batch", 0),
+            ("database_max_connections", 0),
+            ("worker_concurrency", 0),
+            ("max_attempts", 0),
+            ("ack_deadline_ms", 10),
+        ] {
+            let message = Settings::from_figment(base().merge((key, value)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with(&format!("{key} = {value} is out of range")),
+                "{message}"
+            );
+        }
+        let message = Settings::from_figment(base().merge(("max_attempts", -3)))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("max_attempts"), "{message}");
+        let message = Settings::from_figment(
+            base()
+                .merge(("max_body_bytes", 4_000_000))
+                .merge(("max_inflight_body_bytes", 1_000_000)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("max_inflight_body_bytes"), "{message}");
     }
 
     #[test]

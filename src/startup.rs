@@ -75,6 +75,7 @@ pub struct Application {
     dispatcher: Option<Dispatcher>,
     retention: Duration,
     prune_interval: Duration,
+    connections: http::ConnectionLimits,
 }
 
 impl Application {
@@ -93,10 +94,7 @@ impl Application {
         let keys = settings.keys()?;
         let mut store = connect(settings)?;
         if role.receives() {
-            store = store.with_group_commit(
-                settings.group_commit_writers,
-                settings.group_commit_max_batch,
-            );
+            store = store.with_group_commit(settings.group_commit_writers, settings.batch_limits());
         }
         if settings.auto_migrate {
             store.migrate().await?;
@@ -118,7 +116,12 @@ impl Application {
             keys,
             settings.policy(),
             jwks,
-            settings.max_body_bytes,
+            http::ReceiveLimits {
+                max_body_bytes: settings.max_body_bytes,
+                max_inflight_body_bytes: settings.max_inflight_body_bytes,
+                body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
+                ack_deadline: settings.ack_deadline(),
+            },
             observe::install(),
         );
         let metrics_listener = match settings.metrics_listen {
@@ -150,6 +153,11 @@ impl Application {
             dispatcher,
             retention: settings.retention()?,
             prune_interval: Duration::from_secs(settings.prune_interval_secs.max(1)),
+            connections: http::ConnectionLimits {
+                header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
+                max_connections: settings.max_connections,
+                ..http::ConnectionLimits::default()
+            },
         })
     }
 
@@ -196,25 +204,17 @@ impl Application {
         if let Some((listener, router)) = self.metrics {
             let stop = stop.clone();
             tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(error = %error, "the metrics listener failed");
-                }
-            });
+            let limits = self.connections;
+            tokio::spawn(http::serve(listener, router, limits, stop));
         }
         tracing::info!(%addr, "gemhook listening");
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await;
+        http::serve(self.listener, self.router, self.connections, stop.clone()).await;
         for task in [worker, dispatcher].into_iter().flatten() {
             let _ = task.await;
         }
         store.close().await;
         tracing::info!("gemhook stopped");
-        served
+        Ok(())
     }
 }
 

@@ -92,6 +92,45 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Decides what a finished attempt means (done, retry, dead letter) and records it.
+    async fn finish(&self, delivery: &ClaimedDelivery, sent: Result<(), (String, FailureKind)>) {
+        let max = self.inner.settings.max_attempts;
+        let finish = match &sent {
+            Ok(()) => {
+                tracing::info!("outcome delivered");
+                Ok(())
+            }
+            Err((error, kind)) => match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
+                Decision::Retry { after } => {
+                    tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
+                    Err((error.as_str(), Some(after)))
+                }
+                Decision::Discard => {
+                    tracing::error!(%error, "delivery discarded");
+                    Err((error.as_str(), None))
+                }
+            },
+        };
+        self.record(delivery, finish).await;
+    }
+
+    /// Writes the attempt's end, guarded by (id, attempt, state).
+    async fn record(
+        &self,
+        delivery: &ClaimedDelivery,
+        finish: Result<(), (&str, Option<std::time::Duration>)>,
+    ) {
+        match self.inner.store.finish_delivery(delivery, finish).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("delivery was no longer ours to finish"),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "recording the delivery failed")
+            }
+        }
+    }
+}
+
 impl Queue for Dispatcher {
     type Item = ClaimedDelivery;
 
@@ -121,9 +160,11 @@ impl Queue for Dispatcher {
         }
     }
 
-    /// A send is bounded by its sink's timeout, far below the lease, so it needs no heartbeat;
-    /// on a hard stop it is simply left to finish (sinks are idempotent per delivery id).
-    async fn execute(&self, delivery: ClaimedDelivery, _hard_stop: CancellationToken) {
+    /// A send is bounded by its sink's timeout, which is below the lease, so it needs no
+    /// heartbeat. On a hard stop the attempt is abandoned and recorded as a retry due at once,
+    /// so another process sends it without waiting for the lease (sinks are idempotent per
+    /// delivery id).
+    async fn execute(&self, delivery: &ClaimedDelivery, hard_stop: CancellationToken) {
         let span = tracing::info_span!(
             "delivery_attempt",
             delivery = delivery.id,
@@ -132,36 +173,32 @@ impl Queue for Dispatcher {
             attempt = delivery.attempt,
         );
         async {
-            let sent = self.send(&delivery).await;
-            let max = self.inner.settings.max_attempts;
-            let finish = match &sent {
-                Ok(()) => {
-                    tracing::info!("outcome delivered");
-                    Ok(())
-                }
-                Err((error, kind)) => {
-                    match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
-                        Decision::Retry { after } => {
-                            tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
-                            Err((error.as_str(), Some(after)))
-                        }
-                        Decision::Discard => {
-                            tracing::error!(%error, "delivery discarded");
-                            Err((error.as_str(), None))
-                        }
-                    }
+            let sent = tokio::select! {
+                sent = self.send(delivery) => sent,
+                () = hard_stop.cancelled() => {
+                    let finish = Err(("interrupted by shutdown", Some(std::time::Duration::ZERO)));
+                    tracing::info!("delivery attempt interrupted by shutdown; due again at once");
+                    self.record(delivery, finish).await;
+                    return;
                 }
             };
-            match self.inner.store.finish_delivery(&delivery, finish).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!("delivery was no longer ours to finish"),
-                Err(error) => {
-                    tracing::error!(error = %error_chain(&error), "recording the delivery failed")
-                }
-            }
+            self.finish(delivery, sent).await;
         }
         .instrument(span)
         .await
+    }
+
+    async fn after_panic(&self, delivery: &ClaimedDelivery, panic: String) {
+        tracing::error!(
+            delivery = delivery.id,
+            sink = %delivery.sink,
+            webhook_id = %delivery.webhook_id,
+            attempt = delivery.attempt,
+            error = %panic,
+            "delivery attempt panicked"
+        );
+        let kind = FailureKind::Transient { retry_after: None };
+        self.finish(delivery, Err((panic, kind))).await;
     }
 
     fn wakeups(&self) -> Arc<Notify> {

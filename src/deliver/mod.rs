@@ -37,7 +37,9 @@ pub use handler::{BoxFuture, Handler, HandlerError};
 pub use http::HttpSink;
 pub use nats::{NatsSink, Published};
 pub use outcome::{Finished, Outcome, OutcomeState, build, delivery_id};
-pub use sinks::{Filter, SinkConfig, SinkConfigError, SubjectTemplate, validate};
+pub use sinks::{
+    Filter, SinkConfig, SinkConfigError, SubjectTemplate, check_timeouts_within, validate,
+};
 
 /// One failed attempt to hand an outcome to a sink. Never contains a secret, a URL's path,
 /// query or credentials, or the outcome itself.
@@ -104,6 +106,8 @@ pub enum SinkError {
     HandlerDiscard { reason: String },
     #[error("the handler panicked")]
     HandlerPanicked,
+    #[error("the handler did not finish within {}s (timeout_secs)", .after.as_secs())]
+    HandlerTimeout { after: Duration },
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -137,7 +141,8 @@ impl SinkError {
             | SinkError::HandlerRetry { .. }
             // A panic may come from a passing condition (or a fixed bug after a restart); the
             // attempt limit still ends a deterministic one.
-            | SinkError::HandlerPanicked => true,
+            | SinkError::HandlerPanicked
+            | SinkError::HandlerTimeout { .. } => true,
             SinkError::Encode(_)
             | SinkError::InvalidSubject { .. }
             | SinkError::HandlerDiscard { .. } => false,
@@ -170,6 +175,8 @@ pub enum Target {
         handler: Arc<dyn Handler>,
         /// Larger inline interaction JSON is left out of what the handler sees.
         inline_max_bytes: usize,
+        /// One call longer than this is abandoned and counts as a retryable failure.
+        timeout: Duration,
     },
 }
 
@@ -198,6 +205,7 @@ impl Sink {
                     }
                 })?,
                 inline_max_bytes: entry.inline_max_bytes,
+                timeout: config.timeout(),
             },
         };
         Ok(Sink::new(config.name(), config.filter().clone(), target))
@@ -249,22 +257,23 @@ impl Sink {
             Target::Handler {
                 handler,
                 inline_max_bytes,
+                timeout,
             } => {
                 let outcome = outcome.limit_inline(*inline_max_bytes);
                 // The handler is someone else's code: a panic must become a failed attempt,
-                // not a dead worker task whose delivery waits for its lease to expire.
-                match AssertUnwindSafe(handler.handle(&outcome))
-                    .catch_unwind()
-                    .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(HandlerError::Retry { reason, after })) => {
+                // not a dead worker task whose delivery waits for its lease to expire; a hang
+                // must end before the lease does, or the delivery would run twice at once.
+                let call = AssertUnwindSafe(handler.handle(&outcome)).catch_unwind();
+                match tokio::time::timeout(*timeout, call).await {
+                    Err(_elapsed) => Err(SinkError::HandlerTimeout { after: *timeout }),
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(HandlerError::Retry { reason, after }))) => {
                         Err(SinkError::HandlerRetry { reason, after })
                     }
-                    Ok(Err(HandlerError::Discard { reason })) => {
+                    Ok(Ok(Err(HandlerError::Discard { reason }))) => {
                         Err(SinkError::HandlerDiscard { reason })
                     }
-                    Err(_panic) => Err(SinkError::HandlerPanicked),
+                    Ok(Err(_panic)) => Err(SinkError::HandlerPanicked),
                 }
             }
         }

@@ -68,6 +68,15 @@ impl SinkConfig {
         }
     }
 
+    /// How long one attempt at this sink may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            SinkConfig::Http(c) => c.timeout_secs,
+            SinkConfig::Nats(c) => c.timeout_secs,
+            SinkConfig::Handler(c) => c.timeout_secs,
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Http(_) => "http",
@@ -227,6 +236,10 @@ pub struct HandlerSinkConfig {
     /// Interaction JSON up to this size, in bytes, is passed inline.
     #[serde(default = "default_inline_max_bytes")]
     pub inline_max_bytes: usize,
+    /// How long one call may run before it counts as a failed (retryable) attempt. Must stay
+    /// below the worker's lease, or a slow call would be rescued and run twice at once.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
     #[serde(default)]
     pub filter: Filter,
 }
@@ -448,6 +461,14 @@ pub enum SinkConfigError {
     InvalidSecret { name: String, reason: SecretError },
     #[error("sink {name:?}: timeout_secs must be at least 1")]
     ZeroTimeout { name: String },
+    #[error(
+        "sink {name:?}: timeout_secs ({timeout_secs}) must be below worker_lease_secs ({lease_secs})"
+    )]
+    TimeoutBeyondLease {
+        name: String,
+        timeout_secs: u64,
+        lease_secs: u64,
+    },
     #[error("sink {name:?}: the subject uses {{{variable}}}, but only {{type}} is known")]
     UnknownTemplateVariable { name: String, variable: String },
     #[error("sink {name:?}: the subject template is malformed: {why}")]
@@ -502,7 +523,26 @@ pub fn validate(configs: &[SinkConfig]) -> Result<(), SinkConfigError> {
                     });
                 }
             }
-            SinkConfig::Handler(_) => {}
+            SinkConfig::Handler(handler) => check_timeout(name, handler.timeout_secs)?,
+        }
+    }
+    Ok(())
+}
+
+/// Every sink's timeout must end an attempt before its lease does: past the lease the delivery
+/// is rescued and sent again while the first attempt still runs.
+pub fn check_timeouts_within(
+    configs: &[SinkConfig],
+    lease: std::time::Duration,
+) -> Result<(), SinkConfigError> {
+    for config in configs {
+        let timeout = config.timeout();
+        if timeout >= lease {
+            return Err(SinkConfigError::TimeoutBeyondLease {
+                name: config.name().to_owned(),
+                timeout_secs: timeout.as_secs(),
+                lease_secs: lease.as_secs(),
+            });
         }
     }
     Ok(())

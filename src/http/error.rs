@@ -17,6 +17,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("the body could not be read")]
     UnreadableBody,
+    #[error("the body did not arrive within body_read_timeout_secs")]
+    BodyTimeout,
+    #[error("too many request bodies are held at once (max_inflight_body_bytes)")]
+    Overloaded,
     #[error("the delivery could not be stored")]
     Unavailable(#[source] StoreError),
 }
@@ -30,7 +34,8 @@ impl ApiError {
             ApiError::Rejected(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -40,6 +45,8 @@ impl ApiError {
             ApiError::Rejected(rejection) => rejection.code(),
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnreadableBody => "bad_request",
+            ApiError::BodyTimeout => "body_timeout",
+            ApiError::Overloaded => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
@@ -58,7 +65,7 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::Overloaded) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -2,16 +2,20 @@
 
 mod error;
 mod health;
+mod serve;
 mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use serve::{ConnectionLimits, serve};
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
 
 use crate::jwks::JwksCache;
 use crate::store::Store;
@@ -32,8 +36,24 @@ struct Shared {
     policy: Policy,
     /// Google's published keys, when dynamic webhooks are on.
     jwks: Option<JwksCache>,
-    max_body_bytes: usize,
+    limits: ReceiveLimits,
+    /// Body bytes that may be held at once; a delivery reserves its size before reading.
+    body_budget: Arc<Semaphore>,
     metrics: PrometheusHandle,
+}
+
+/// What bounds one delivery on the ack path, in size and in time.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimits {
+    /// Larger bodies are answered 413.
+    pub max_body_bytes: usize,
+    /// Bodies held at once across all requests (see [`Shared::body_budget`]).
+    pub max_inflight_body_bytes: usize,
+    /// A body that has not arrived whole by then is answered 408.
+    pub body_read_timeout: Duration,
+    /// The longest a verified delivery waits for its reservation and for the store before it is
+    /// answered 503.
+    pub ack_deadline: Duration,
 }
 
 impl AppState {
@@ -42,16 +62,19 @@ impl AppState {
         keys: Keys,
         policy: Policy,
         jwks: Option<JwksCache>,
-        max_body_bytes: usize,
+        limits: ReceiveLimits,
         metrics: PrometheusHandle,
     ) -> Self {
+        // tokio's semaphore holds at most usize::MAX >> 3 permits.
+        let budget = limits.max_inflight_body_bytes.min(Semaphore::MAX_PERMITS);
         AppState {
             inner: Arc::new(Shared {
                 store,
                 keys,
                 policy,
                 jwks,
-                max_body_bytes,
+                limits,
+                body_budget: Arc::new(Semaphore::new(budget)),
                 metrics,
             }),
         }

@@ -13,7 +13,7 @@ use super::{ApiError, AppState, Shared};
 use crate::envelope;
 use crate::jwks::JwksCache;
 use crate::observe;
-use crate::store::{NewEvent, Recorded};
+use crate::store::{NewEvent, Recorded, StoreError};
 use crate::telemetry::error_chain;
 use crate::verify::{self, CheckedHeaders, Rejection, Verified, WebhookHeaders};
 
@@ -74,7 +74,39 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
 
 async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Recorded, ApiError> {
     let shared = &state.inner;
-    let body = read_body(headers, body, shared.max_body_bytes).await?;
+    let limits = &shared.limits;
+    // Refused before the body is read: cheap, and a proxy in front may have read the other copy.
+    for name in [WEBHOOK_ID, WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Rejection::InvalidHeader {
+                header: name,
+                why: "repeated",
+            }
+            .into());
+        }
+    }
+    let declared = declared_length(headers)?;
+    if declared.is_some_and(|len| len > limits.max_body_bytes) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    // Reserve the body's size (the limit when undeclared) before reading it, so that a flood
+    // of large bodies waits here instead of filling memory. The reservation lives until the
+    // answer: the body is held until its batch has committed.
+    let reserve = declared.unwrap_or(limits.max_body_bytes).max(1);
+    let permits = u32::try_from(reserve).map_err(|_| ApiError::PayloadTooLarge)?;
+    let _reservation = tokio::time::timeout(
+        limits.ack_deadline,
+        shared.body_budget.clone().acquire_many_owned(permits),
+    )
+    .await
+    .map_err(|_| ApiError::Overloaded)?
+    .map_err(|_| ApiError::Overloaded)?;
+    let body = tokio::time::timeout(
+        limits.body_read_timeout,
+        read_body(body, limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout)??;
 
     let webhook_headers = WebhookHeaders {
         id: header_text(headers, WEBHOOK_ID)?,
@@ -98,13 +130,17 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
         envelope: &envelope,
         scheme: verified.scheme,
         headers: &kept_headers,
-        body: &body,
+        body: body.clone(),
     };
-    shared
-        .store
-        .record_delivery(&event)
-        .await
-        .map_err(ApiError::Unavailable)
+    // The deadline bounds what the database can make Gemini wait (a frozen server, a full
+    // pool, a queue behind the group writer). A 503 after it is safe even if the commit then
+    // happens: Gemini's retry is acknowledged as a duplicate.
+    match tokio::time::timeout(limits.ack_deadline, shared.store.record_delivery(&event)).await {
+        Ok(recorded) => recorded.map_err(ApiError::Unavailable),
+        Err(_) => Err(ApiError::Unavailable(StoreError::Deadline(
+            limits.ack_deadline,
+        ))),
+    }
 }
 
 /// Verifies against the configured keys and the cached JWKS. When nothing verifies and Google's
@@ -150,20 +186,23 @@ async fn verify_signature(
     )
 }
 
-/// Reads the whole body, refusing more than `limit` bytes. A declared Content-Length over the
-/// limit is refused before a byte is read; a chunked body is cut off as it crosses the limit.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge);
+/// The declared Content-Length; one over `limit` is refused by [`read_body`]'s caller before a
+/// byte is read. An unparseable one is a malformed request.
+fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|len| Some(usize::try_from(len).unwrap_or(usize::MAX)))
+            .ok_or(ApiError::UnreadableBody),
     }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes; a chunked body is cut off as it
+/// crosses the limit.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
         let over_limit = error
             .into_inner()

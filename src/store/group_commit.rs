@@ -10,11 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::postgres::JOBS_CHANNEL;
+use super::storable::EventFields;
 use super::{JobId, NewEvent, Recorded, StoreError};
 
 /// A delivery waiting for its batch, with the way to answer it.
@@ -23,16 +26,16 @@ struct Pending {
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
 }
 
-/// [`NewEvent`] with owned data: it crosses to a writer task.
+/// [`NewEvent`] with owned data, as stored: it crosses to a writer task. The body is shared
+/// with the request (`Bytes`), not copied.
 struct OwnedEvent {
     webhook_id: String,
     webhook_timestamp: i64,
-    event_type: Option<String>,
-    resource_id: Option<String>,
+    fields: EventFields,
     status: &'static str,
     scheme: &'static str,
     headers: String,
-    body: Vec<u8>,
+    body: Bytes,
 }
 
 impl OwnedEvent {
@@ -40,14 +43,26 @@ impl OwnedEvent {
         OwnedEvent {
             webhook_id: event.webhook_id.to_owned(),
             webhook_timestamp: event.webhook_timestamp,
-            event_type: event.envelope.event_type.clone(),
-            resource_id: event.envelope.resource_id.clone(),
+            fields: event.storable_fields(),
             status: event.envelope.status.as_str(),
             scheme: event.scheme.as_str(),
             headers: event.headers.to_string(),
-            body: event.body.to_vec(),
+            body: event.body.clone(),
         }
     }
+}
+
+/// How writers form and bound their batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Deliveries per transaction at most.
+    pub max_rows: usize,
+    /// Body bytes per transaction at most (a batch always takes at least one delivery): the
+    /// statement's encoded parameters are a copy of every body in it.
+    pub max_bytes: usize,
+    /// The longest one batch statement may take; past it the batch is answered "unavailable"
+    /// and its connection dropped, so a frozen database never holds a writer forever.
+    pub deadline: Duration,
 }
 
 /// The handle the store keeps: a queue that writer tasks drain.
@@ -68,17 +83,24 @@ impl GroupWriter {
     /// Starts `writers` tasks, each holding at most one pooled connection at a time. One writer
     /// makes the largest batches (the fewest fsyncs); several can overlap commits where the
     /// database has the disks for it.
-    pub fn start(pool: PgPool, wakeups: Arc<Notify>, writers: usize, max_batch: usize) -> Self {
+    pub fn start(pool: PgPool, wakeups: Arc<Notify>, writers: usize, limits: BatchLimits) -> Self {
+        let limits = BatchLimits {
+            max_rows: limits.max_rows.max(1),
+            ..limits
+        };
         // Bounded: when the database falls behind, requests wait here (back-pressure) instead
         // of piling up in memory.
-        let (queue, receiver) = mpsc::channel(max_batch * writers * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (queue, receiver) = mpsc::channel(limits.max_rows * writers.max(1) * 4);
+        let receiver = Arc::new(Mutex::new(Batcher {
+            receiver,
+            carried: None,
+        }));
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(
                 pool.clone(),
                 receiver.clone(),
                 wakeups.clone(),
-                max_batch.max(1),
+                limits,
             ));
         }
         GroupWriter { queue }
@@ -99,51 +121,107 @@ impl GroupWriter {
     }
 }
 
+/// The queue's receiving end, shared by the writers, with the delivery that did not fit the
+/// previous batch (it opens the next one).
+struct Batcher {
+    receiver: mpsc::Receiver<Pending>,
+    carried: Option<Pending>,
+}
+
+impl Batcher {
+    /// Waits for one delivery, then takes what else is waiting, within the limits.
+    async fn next_batch(&mut self, limits: &BatchLimits) -> Option<Vec<Pending>> {
+        let first = match self.carried.take() {
+            Some(first) => first,
+            None => self.receiver.recv().await?,
+        };
+        let mut bytes = first.event.body.len();
+        let mut batch = Vec::with_capacity(limits.max_rows);
+        batch.push(first);
+        while batch.len() < limits.max_rows {
+            let Ok(next) = self.receiver.try_recv() else {
+                break;
+            };
+            if bytes + next.event.body.len() > limits.max_bytes {
+                self.carried = Some(next);
+                break;
+            }
+            bytes += next.event.body.len();
+            batch.push(next);
+        }
+        Some(batch)
+    }
+}
+
 async fn write_batches(
     pool: PgPool,
-    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    batcher: Arc<Mutex<Batcher>>,
     wakeups: Arc<Notify>,
-    max_batch: usize,
+    limits: BatchLimits,
 ) {
     loop {
-        let batch = {
-            // One writer at a time gathers a batch; the others are committing meanwhile.
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return; // every store handle is gone
-            };
-            let mut batch = Vec::with_capacity(max_batch);
-            batch.push(first);
-            while batch.len() < max_batch {
-                match receiver.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            batch
+        // One writer at a time gathers a batch; the others are committing meanwhile.
+        let Some(batch) = batcher.lock().await.next_batch(&limits).await else {
+            return; // every store handle is gone
         };
-        match insert_batch(&pool, &batch).await {
-            Ok(mut accepted) => {
-                if !accepted.is_empty() {
-                    wakeups.notify_one();
-                }
-                for pending in batch {
+        let mut answers = Vec::with_capacity(batch.len());
+        write_isolating(&pool, &batch, limits.deadline, &mut answers).await;
+        if answers
+            .iter()
+            .any(|a| matches!(a, Ok(Recorded::Accepted { .. })))
+        {
+            wakeups.notify_one();
+        }
+        for (pending, answer) in batch.into_iter().zip(answers) {
+            let _ = pending.reply.send(answer);
+        }
+    }
+}
+
+/// Writes `batch` and pushes one answer per delivery, in order. When the database refuses the
+/// statement itself (a constraint, a value it cannot hold, a deadlock), one delivery must not
+/// fail the others: the batch is split in halves, each written on its own, down to the single
+/// delivery that is refused. Failures of the connection or the deadline fail the whole batch:
+/// the database is unavailable to every row alike.
+async fn write_isolating(
+    pool: &PgPool,
+    batch: &[Pending],
+    deadline: Duration,
+    answers: &mut Vec<Result<Recorded, StoreError>>,
+) {
+    // Ranges still to write, in order (a stack: the left half is written first).
+    let mut todo = vec![0..batch.len()];
+    while let Some(range) = todo.pop() {
+        let part = &batch[range.clone()];
+        match tokio::time::timeout(deadline, insert_batch(pool, part)).await {
+            Ok(Ok(mut accepted)) => {
+                for pending in part {
                     // `remove`: when one batch holds two copies of an id, the first is the
                     // accepted one and the second a duplicate, as if they had come in order.
-                    let outcome = match accepted.remove(&pending.event.webhook_id) {
+                    answers.push(Ok(match accepted.remove(&pending.event.webhook_id) {
                         Some(job_id) => Recorded::Accepted {
                             job_id: JobId(job_id),
                         },
                         None => Recorded::Duplicate,
-                    };
-                    let _ = pending.reply.send(Ok(outcome));
+                    }));
                 }
             }
-            Err(error) => {
+            Ok(Err(sqlx::Error::Database(refused))) if part.len() > 1 => {
+                tracing::warn!(
+                    rows = part.len(),
+                    error = %refused,
+                    "the database refused a batch; writing its halves separately"
+                );
+                let middle = range.start + part.len() / 2;
+                todo.push(middle..range.end);
+                todo.push(range.start..middle);
+            }
+            Ok(Err(error)) => {
                 let error = Arc::new(error);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(StoreError::Batch(error.clone())));
-                }
+                answers.extend(part.iter().map(|_| Err(StoreError::Batch(error.clone()))));
+            }
+            Err(_elapsed) => {
+                answers.extend(part.iter().map(|_| Err(StoreError::Deadline(deadline))));
             }
         }
     }
@@ -163,15 +241,17 @@ async fn insert_batch(
     let mut schemes = Vec::with_capacity(batch.len());
     let mut headers = Vec::with_capacity(batch.len());
     let mut bodies = Vec::with_capacity(batch.len());
+    let mut altered = Vec::with_capacity(batch.len());
     for Pending { event, .. } in batch {
         ids.push(event.webhook_id.as_str());
         timestamps.push(event.webhook_timestamp);
-        types.push(event.event_type.as_deref());
-        resources.push(event.resource_id.as_deref());
+        types.push(event.fields.event_type.as_deref());
+        resources.push(event.fields.resource_id.as_deref());
+        altered.push(event.fields.altered.as_deref());
         statuses.push(event.status);
         schemes.push(event.scheme);
         headers.push(event.headers.as_str());
-        bodies.push(event.body.as_slice());
+        bodies.push(event.body.as_ref());
     }
     // `WITH ORDINALITY` + `ORDER BY`: rows are inserted in arrival order, so within a batch the
     // first copy of a duplicated id is the one stored.
@@ -179,14 +259,15 @@ async fn insert_batch(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::bytea[])
+                                 $6::text[], $7::text[], $8::bytea[], $10::text[])
                 WITH ORDINALITY AS t(webhook_id, webhook_timestamp, event_type, resource_id,
-                                     status, scheme, headers, body, n)
+                                     status, scheme, headers, body, altered, n)
         ), new_events AS (
             INSERT INTO events
-                (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body)
+                (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers,
+                 body, altered)
             SELECT webhook_id, webhook_timestamp, event_type, resource_id, status, scheme,
-                   headers::jsonb, body
+                   headers::jsonb, body, altered
             FROM input ORDER BY n
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING id, webhook_id
@@ -206,6 +287,7 @@ async fn insert_batch(
     .bind(&headers)
     .bind(&bodies)
     .bind(JOBS_CHANNEL)
+    .bind(&altered)
     .fetch_all(pool)
     .await
     .map(|rows: Vec<(String, i64, String)>| {

@@ -11,7 +11,9 @@ mod postgres;
 mod sqlite;
 mod sqlite_deliveries;
 mod sqlite_jobs;
+pub mod storable;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use tokio::sync::Notify;
 use crate::envelope::Envelope;
 use crate::verify::Scheme;
 
+pub use group_commit::BatchLimits;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -64,6 +67,8 @@ pub enum StoreError {
     Batch(#[source] Arc<sqlx::Error>),
     #[error("the group-commit writer has stopped")]
     WriterStopped,
+    #[error("the database did not answer within {}ms (ack_deadline_ms)", .0.as_millis())]
+    Deadline(Duration),
 }
 
 /// How to connect.
@@ -83,8 +88,18 @@ pub struct NewEvent<'a> {
     pub scheme: Scheme,
     /// The webhook headers as received (a JSON object of name → value).
     pub headers: &'a serde_json::Value,
-    /// The raw body, byte for byte.
-    pub body: &'a [u8],
+    /// The raw body, byte for byte (shared, not copied, on its way to the writer).
+    pub body: bytes::Bytes,
+}
+
+impl NewEvent<'_> {
+    /// The envelope's fields as every backend can store them (see [`storable`]).
+    pub fn storable_fields(&self) -> storable::EventFields {
+        storable::EventFields::from(
+            self.envelope.event_type.as_deref(),
+            self.envelope.resource_id.as_deref(),
+        )
+    }
 }
 
 /// The outcome of recording a delivery.
@@ -117,6 +132,8 @@ pub struct EventRecord {
     pub summary: EventSummary,
     pub webhook_timestamp: i64,
     pub headers: serde_json::Value,
+    /// What was changed to store the type or resource id (NUL escaped, cut), if anything.
+    pub altered: Option<String>,
     /// The raw body; shown as text where it is UTF-8, in base64 otherwise.
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -157,11 +174,11 @@ impl Store {
     }
 
     /// Routes `record_delivery` through a group-commit writer (see `group_commit`): `writers`
-    /// tasks, up to `max_batch` deliveries per transaction. `writers = 0` keeps one statement
+    /// tasks, batches within `limits`. `writers = 0` keeps one statement
     /// per delivery. Backends whose writes are serialised anyway ignore it.
-    pub fn with_group_commit(self, writers: usize, max_batch: usize) -> Store {
+    pub fn with_group_commit(self, writers: usize, limits: BatchLimits) -> Store {
         match self {
-            Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, max_batch)),
+            Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, limits)),
             Store::Sqlite(s) => Store::Sqlite(s),
         }
     }
@@ -322,6 +339,9 @@ impl Store {
         result: &JobResult,
         handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
+        let result = storable_result(result);
+        let handoff = handoff.map(storable_handoff);
+        let (result, handoff) = (result.as_ref(), handoff.as_ref().map(Cow::as_ref));
         match self {
             Store::Postgres(s) => s.complete_if_running(job, result, handoff).await,
             Store::Sqlite(s) => s.complete_if_running(job, result, handoff).await,
@@ -335,6 +355,7 @@ impl Store {
         error: &str,
         delay: Duration,
     ) -> Result<bool, StoreError> {
+        let error = &storable::unindexed_text(error);
         match self {
             Store::Postgres(s) => s.retry_if_running(job, error, delay).await,
             Store::Sqlite(s) => s.retry_if_running(job, error, delay).await,
@@ -349,6 +370,13 @@ impl Store {
         result: Option<&JobResult>,
         handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
+        let error = &storable::unindexed_text(error);
+        let result = result.map(storable_result);
+        let handoff = handoff.map(storable_handoff);
+        let (result, handoff) = (
+            result.as_ref().map(Cow::as_ref),
+            handoff.as_ref().map(Cow::as_ref),
+        );
         match self {
             Store::Postgres(s) => s.discard_if_running(job, error, result, handoff).await,
             Store::Sqlite(s) => s.discard_if_running(job, error, result, handoff).await,
@@ -543,6 +571,38 @@ pub struct Handoff {
     pub sinks: Vec<String>,
 }
 
+/// The result as every backend can store it: text from the event (the resource id, the
+/// summary's `user_metadata`) may hold NUL or be long; see [`storable`].
+fn storable_result(result: &JobResult) -> Cow<'_, JobResult> {
+    let resource_id = result
+        .resource_id
+        .as_deref()
+        .map(|id| storable::text(id, storable::MAX_FIELD_BYTES));
+    let id_changed = resource_id.as_ref().is_some_and(|(_, done)| !done.is_empty());
+    if !id_changed && !storable::json_has_nul(&result.summary) {
+        return Cow::Borrowed(result);
+    }
+    let mut summary = result.summary.clone();
+    storable::json(&mut summary);
+    Cow::Owned(JobResult {
+        resource_id: resource_id.map(|(id, _)| id.into_owned()),
+        summary,
+        ..result.clone()
+    })
+}
+
+fn storable_handoff(handoff: &Handoff) -> Cow<'_, Handoff> {
+    if !storable::json_has_nul(&handoff.outcome) {
+        return Cow::Borrowed(handoff);
+    }
+    let mut outcome = handoff.outcome.clone();
+    storable::json(&mut outcome);
+    Cow::Owned(Handoff {
+        outcome,
+        sinks: handoff.sinks.clone(),
+    })
+}
+
 /// A delivery a dispatcher has claimed.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -588,6 +648,11 @@ impl Store {
         delivery: &ClaimedDelivery,
         outcome: Result<(), (&str, Option<Duration>)>,
     ) -> Result<bool, StoreError> {
+        let error = outcome.err().map(|(error, delay)| (storable::unindexed_text(error), delay));
+        let outcome = match &error {
+            None => Ok(()),
+            Some((error, delay)) => Err((error.as_ref(), *delay)),
+        };
         match self {
             Store::Postgres(s) => s.finish_delivery(delivery, outcome).await,
             Store::Sqlite(s) => s.finish_delivery(delivery, outcome).await,

@@ -11,7 +11,7 @@ use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Row, migrate::Migrator};
 
-use super::group_commit::GroupWriter;
+use super::group_commit::{BatchLimits, GroupWriter};
 use super::pg_jobs::DELIVERIES_CHANNEL;
 use super::{
     ConnectOptions, EventFilter, EventRecord, EventSummary, JobId, NewEvent, PruneScope, Readiness,
@@ -54,13 +54,13 @@ impl PgStore {
         })
     }
 
-    pub fn with_group_commit(mut self, writers: usize, max_batch: usize) -> PgStore {
+    pub fn with_group_commit(mut self, writers: usize, limits: BatchLimits) -> PgStore {
         self.writer = (writers > 0).then(|| {
             Arc::new(GroupWriter::start(
                 self.pool.clone(),
                 self.wakeups.clone(),
                 writers,
-                max_batch,
+                limits,
             ))
         });
         self
@@ -105,12 +105,13 @@ impl PgStore {
         if let Some(writer) = &self.writer {
             return writer.record(event).await;
         }
+        let fields = event.storable_fields();
         let job_id: Option<i64> = sqlx::query_scalar(
             r#"
             WITH new_event AS (
                 INSERT INTO events
-                    (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body, altered)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10)
                 ON CONFLICT (webhook_id) DO NOTHING
                 RETURNING id
             ), new_job AS (
@@ -123,13 +124,14 @@ impl PgStore {
         )
         .bind(event.webhook_id)
         .bind(event.webhook_timestamp)
-        .bind(event.envelope.event_type.as_deref())
-        .bind(event.envelope.resource_id.as_deref())
+        .bind(fields.event_type.as_deref())
+        .bind(fields.resource_id.as_deref())
         .bind(event.envelope.status.as_str())
         .bind(event.scheme.as_str())
         .bind(event.headers)
-        .bind(event.body)
+        .bind(event.body.as_ref())
         .bind(JOBS_CHANNEL)
+        .bind(fields.altered.as_deref())
         .fetch_optional(&self.pool)
         .await?;
         Ok(match job_id {
@@ -172,7 +174,7 @@ impl PgStore {
         let row = sqlx::query(
             r#"
             SELECT e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme, e.received_at,
-                   j.state AS job_state, e.webhook_timestamp, e.headers, e.body
+                   j.state AS job_state, e.webhook_timestamp, e.headers, e.altered, e.body
             FROM events e LEFT JOIN jobs j ON j.event_id = e.id
             WHERE e.webhook_id = $1
             "#,
@@ -185,6 +187,7 @@ impl PgStore {
                 summary: summary_from_row(&row)?,
                 webhook_timestamp: row.try_get("webhook_timestamp")?,
                 headers: row.try_get("headers")?,
+                altered: row.try_get("altered")?,
                 body: row.try_get("body")?,
             })
         })

@@ -103,7 +103,7 @@ impl SqliteStore {
 
     /// Ignored: SQLite has one writer at a time, and `record_delivery` is already one short
     /// transaction on it.
-    pub fn with_group_commit(self, _writers: usize, _max_batch: usize) -> SqliteStore {
+    pub fn with_group_commit(self, _writers: usize, _limits: super::BatchLimits) -> SqliteStore {
         self
     }
 
@@ -153,22 +153,24 @@ impl SqliteStore {
     /// the others then see its committed row, `ON CONFLICT DO NOTHING` returns no id, and they
     /// write nothing, so 20 simultaneous copies give one event and one job.
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
+        let fields = event.storable_fields();
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
         let event_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO events
-                 (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body, altered)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (webhook_id) DO NOTHING
              RETURNING id",
         )
         .bind(event.webhook_id)
         .bind(event.webhook_timestamp)
-        .bind(event.envelope.event_type.as_deref())
-        .bind(event.envelope.resource_id.as_deref())
+        .bind(fields.event_type.as_deref())
+        .bind(fields.resource_id.as_deref())
         .bind(event.envelope.status.as_str())
         .bind(event.scheme.as_str())
         .bind(event.headers)
-        .bind(event.body)
+        .bind(event.body.as_ref())
+        .bind(fields.altered.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(event_id) = event_id else {
@@ -216,7 +218,7 @@ impl SqliteStore {
     pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme, e.received_at,
-                    j.state AS job_state, e.webhook_timestamp, e.headers, e.body
+                    j.state AS job_state, e.webhook_timestamp, e.headers, e.altered, e.body
              FROM events e LEFT JOIN jobs j ON j.event_id = e.id
              WHERE e.webhook_id = ?1",
         )
@@ -228,6 +230,7 @@ impl SqliteStore {
                 summary: summary_from_row(&row)?,
                 webhook_timestamp: row.try_get("webhook_timestamp")?,
                 headers: row.try_get("headers")?,
+                altered: row.try_get("altered")?,
                 body: row.try_get("body")?,
             })
         })
@@ -429,7 +432,7 @@ pub(super) mod testing {
                 envelope: &envelope,
                 scheme: Scheme::V1,
                 headers: &headers,
-                body,
+                body: bytes::Bytes::copy_from_slice(body),
             })
             .await
             .unwrap()
@@ -813,7 +816,14 @@ mod tests {
     #[tokio::test]
     async fn group_commit_settings_are_ignored() {
         let db = TempDb::new();
-        let store = db.store().await.with_group_commit(4, 64);
+        let store = db.store().await.with_group_commit(
+            4,
+            crate::store::BatchLimits {
+                max_rows: 64,
+                max_bytes: 1 << 20,
+                deadline: Duration::from_secs(5),
+            },
+        );
 
         accepted(record(&store, "msg_1").await);
 

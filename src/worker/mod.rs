@@ -117,7 +117,7 @@ impl Worker {
 
     /// One attempt of one job, with its heartbeat; finishes it unless the lease was lost or a
     /// hard stop released it.
-    async fn execute(&self, job: ClaimedJob, hard_stop: CancellationToken) {
+    async fn execute(&self, job: &ClaimedJob, hard_stop: CancellationToken) {
         let span = tracing::info_span!(
             "job",
             job_id = job.id.0,
@@ -128,20 +128,20 @@ impl Worker {
         async {
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.inner.follower.follow(&job) => outcome,
-                () = self.keep_lease(&job) => {
+                outcome = self.inner.follower.follow(job) => outcome,
+                () = self.keep_lease(job) => {
                     tracing::warn!("lease lost to another worker: abandoning this attempt");
                     return;
                 }
                 () = hard_stop.cancelled() => {
-                    match self.inner.store.release_if_running(&job).await {
+                    match self.inner.store.release_if_running(job).await {
                         Ok(_) => tracing::info!("released for another worker (shutdown)"),
                         Err(error) => tracing::warn!(error = %error_chain(&error), "releasing failed; the lease will expire"),
                     }
                     return;
                 }
             };
-            self.finish(&job, outcome, started).await;
+            self.finish(job, outcome, started).await;
         }
         .instrument(span)
         .await
@@ -311,8 +311,25 @@ impl queue::Queue for Worker {
         }
     }
 
-    async fn execute(&self, job: ClaimedJob, hard_stop: CancellationToken) {
+    async fn execute(&self, job: &ClaimedJob, hard_stop: CancellationToken) {
         Worker::execute(self, job, hard_stop).await;
+    }
+
+    async fn after_panic(&self, job: &ClaimedJob, panic: String) {
+        tracing::error!(
+            job_id = job.id.0,
+            webhook_id = %job.webhook_id,
+            r#type = job.event_type.as_deref().unwrap_or("-"),
+            attempt = job.attempt,
+            error = %panic,
+            "job attempt panicked"
+        );
+        let failure = Failure {
+            message: panic,
+            kind: FailureKind::Transient { retry_after: None },
+            result: None,
+        };
+        self.finish(job, Err(failure), Instant::now()).await;
     }
 
     fn wakeups(&self) -> Arc<tokio::sync::Notify> {

@@ -4,9 +4,11 @@
 //! period, then hard-stop what is left (each queue releases its items).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +17,7 @@ use super::WorkerSettings;
 
 /// A durable queue that a [`run`] loop can drive.
 pub trait Queue: Clone + Send + Sync + 'static {
-    type Item: Send + 'static;
+    type Item: Send + Sync + 'static;
 
     /// For logs: "worker", "dispatcher".
     fn name(&self) -> &'static str;
@@ -26,9 +28,12 @@ pub trait Queue: Clone + Send + Sync + 'static {
     /// Runs one item to its end; on `hard_stop`, gives it back instead.
     fn execute(
         &self,
-        item: Self::Item,
+        item: &Self::Item,
         hard_stop: CancellationToken,
     ) -> impl Future<Output = ()> + Send;
+    /// `execute` panicked: record the attempt as failed now (logged with the item's fields),
+    /// instead of leaving the item to wait for its lease to expire.
+    fn after_panic(&self, item: &Self::Item, panic: String) -> impl Future<Output = ()> + Send;
     /// Resolves when new items may be runnable.
     fn wakeups(&self) -> Arc<Notify>;
 }
@@ -66,7 +71,7 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
                 let queue = queue.clone();
                 let hard_stop = hard_stop.clone();
                 running.spawn(async move {
-                    queue.execute(item, hard_stop).await;
+                    execute_catching_panics(&queue, &item, hard_stop).await;
                     drop(slot);
                 });
             }
@@ -116,11 +121,33 @@ pub async fn run_until_idle<Q: Queue>(queue: &Q, concurrency: usize) -> usize {
     let never = CancellationToken::new();
     futures::future::join_all(
         claimed
-            .into_iter()
-            .map(|item| queue.execute(item, never.clone())),
+            .iter()
+            .map(|item| execute_catching_panics(queue, item, never.clone())),
     )
     .await;
     count
+}
+
+/// Runs the item; a panic in it becomes a failed attempt through [`Queue::after_panic`].
+async fn execute_catching_panics<Q: Queue>(queue: &Q, item: &Q::Item, hard_stop: CancellationToken) {
+    let attempt = AssertUnwindSafe(queue.execute(item, hard_stop))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = attempt {
+        queue.after_panic(item, panic_message(panic.as_ref())).await;
+    }
+}
+
+/// The text a panic was raised with, when it was a string (as `panic!` and `expect` make).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned());
+    match text {
+        Some(text) => format!("the attempt panicked: {text}"),
+        None => "the attempt panicked".to_owned(),
+    }
 }
 
 async fn drain(running: &mut JoinSet<()>) {

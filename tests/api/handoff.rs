@@ -20,14 +20,14 @@ const SINK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 /// The user's application: verifies each POST with the independent `standardwebhooks` crate,
 /// answers as scripted (`down` = 503), and keeps what it verified.
 #[derive(Clone, Default)]
-struct Application {
+pub struct Application {
     received: Arc<Mutex<Vec<(String, Value)>>>,
     refused: Arc<Mutex<usize>>,
     down: Arc<Mutex<bool>>,
 }
 
 impl Application {
-    async fn start(&self) -> String {
+    pub async fn start(&self) -> String {
         let router = axum::Router::new()
             .route("/hooks", axum::routing::post(receive))
             .with_state(self.clone());
@@ -37,7 +37,7 @@ impl Application {
         url
     }
 
-    fn received(&self) -> Vec<(String, Value)> {
+    pub fn received(&self) -> Vec<(String, Value)> {
         self.received.lock().unwrap().clone()
     }
 }
@@ -59,13 +59,13 @@ async fn receive(State(app): State<Application>, headers: HeaderMap, body: Bytes
     StatusCode::OK
 }
 
-fn http_sink(name: &str, url: &str, filter: &str) -> String {
+pub fn http_sink(name: &str, url: &str, filter: &str) -> String {
     format!(
         "[[sinks]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{url}\"\nsecret = \"{SINK_SECRET}\"\ntimeout_secs = 2\n{filter}\n"
     )
 }
 
-async fn app_with_sinks(gemini: &GeminiStandIn, sinks: String) -> TestApp {
+pub async fn app_with_sinks(gemini: &GeminiStandIn, sinks: String) -> TestApp {
     let url = gemini.url.clone();
     spawn_app_with(move |f| {
         f.merge(("gemini_base_url", url))
@@ -75,12 +75,12 @@ async fn app_with_sinks(gemini: &GeminiStandIn, sinks: String) -> TestApp {
 }
 
 /// Receive → worker → dispatcher, as far as it goes now.
-async fn process(app: &TestApp) {
+pub async fn process(app: &TestApp) {
     app.run_worker_until_idle().await;
     app.dispatcher().run_until_idle().await;
 }
 
-fn event(event_type: &str, data: Value) -> String {
+pub fn event(event_type: &str, data: Value) -> String {
     json!({"type": event_type, "version": "v1", "data": data}).to_string()
 }
 

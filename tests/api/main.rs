@@ -8,5 +8,6 @@ mod helpers;
 mod operations;
 mod process;
 mod receive;
+mod reliability;
 mod standin;
 mod worker;
