@@ -101,16 +101,18 @@ impl Dispatcher {
                 tracing::info!("outcome delivered");
                 Ok(())
             }
-            Err((error, kind)) => match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
-                Decision::Retry { after } => {
-                    tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
-                    Err((error.as_str(), Some(after)))
+            Err((error, kind)) => {
+                match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
+                    Decision::Retry { after } => {
+                        tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
+                        Err((error.as_str(), Some(after)))
+                    }
+                    Decision::Discard => {
+                        tracing::error!(%error, "delivery discarded");
+                        Err((error.as_str(), None))
+                    }
                 }
-                Decision::Discard => {
-                    tracing::error!(%error, "delivery discarded");
-                    Err((error.as_str(), None))
-                }
-            },
+            }
         };
         self.record(delivery, finish).await;
     }

@@ -410,6 +410,7 @@ mod tests {
         SinkConfig::Handler(HandlerSinkConfig {
             name: name.into(),
             inline_max_bytes: 100,
+            timeout_secs: 10,
             filter,
         })
     }
@@ -505,6 +506,7 @@ mod tests {
                 Target::Handler {
                     handler,
                     inline_max_bytes: 0,
+                    timeout: Duration::from_secs(1),
                 },
             )
         };
@@ -520,6 +522,48 @@ mod tests {
         assert!(matches!(discarded, SinkError::HandlerDiscard { .. }));
         assert!(matches!(panicked, SinkError::HandlerPanicked));
         assert!(panicked.is_retryable());
+    }
+
+    /// Before the timeout, a hanging handler held its delivery past the lease (and was then run
+    /// a second time, concurrently) and blocked shutdown forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_hangs_fails_its_attempt_at_the_sinks_timeout() {
+        let hangs: Arc<dyn Handler> = Arc::new(|_: &Outcome| async {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        let sink = Sink::new(
+            "h",
+            Filter::default(),
+            Target::Handler {
+                handler: hangs,
+                inline_max_bytes: 0,
+                timeout: Duration::from_secs(7),
+            },
+        );
+        let started = tokio::time::Instant::now();
+
+        let error = sink.send("gh_1", &sample()).await.unwrap_err();
+
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        assert!(matches!(error, SinkError::HandlerTimeout { .. }));
+        assert!(error.is_retryable());
+        assert_eq!(
+            error.to_string(),
+            "the handler did not finish within 7s (timeout_secs)"
+        );
+    }
+
+    #[test]
+    fn a_sink_timeout_at_or_beyond_the_lease_is_refused() {
+        let config = handler_config("slow", Filter::default());
+        let lease = Duration::from_secs(10);
+        let error = check_timeouts_within(std::slice::from_ref(&config), lease).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "sink \"slow\": timeout_secs (10) must be below worker_lease_secs (10)"
+        );
+        assert!(check_timeouts_within(&[config], Duration::from_secs(11)).is_ok());
     }
 
     #[test]

@@ -190,7 +190,8 @@ async fn write_isolating(
     answers: &mut Vec<Result<Recorded, StoreError>>,
 ) {
     // Ranges still to write, in order (a stack: the left half is written first).
-    let mut todo = vec![0..batch.len()];
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..batch.len());
     while let Some(range) = todo.pop() {
         let part = &batch[range.clone()];
         match tokio::time::timeout(deadline, insert_batch(pool, part)).await {

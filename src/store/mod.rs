@@ -578,7 +578,9 @@ fn storable_result(result: &JobResult) -> Cow<'_, JobResult> {
         .resource_id
         .as_deref()
         .map(|id| storable::text(id, storable::MAX_FIELD_BYTES));
-    let id_changed = resource_id.as_ref().is_some_and(|(_, done)| !done.is_empty());
+    let id_changed = resource_id
+        .as_ref()
+        .is_some_and(|(_, done)| !done.is_empty());
     if !id_changed && !storable::json_has_nul(&result.summary) {
         return Cow::Borrowed(result);
     }
@@ -648,7 +650,9 @@ impl Store {
         delivery: &ClaimedDelivery,
         outcome: Result<(), (&str, Option<Duration>)>,
     ) -> Result<bool, StoreError> {
-        let error = outcome.err().map(|(error, delay)| (storable::unindexed_text(error), delay));
+        let error = outcome
+            .err()
+            .map(|(error, delay)| (storable::unindexed_text(error), delay));
         let outcome = match &error {
             None => Ok(()),
             Some((error, delay)) => Err((error.as_ref(), *delay)),

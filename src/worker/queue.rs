@@ -129,7 +129,11 @@ pub async fn run_until_idle<Q: Queue>(queue: &Q, concurrency: usize) -> usize {
 }
 
 /// Runs the item; a panic in it becomes a failed attempt through [`Queue::after_panic`].
-async fn execute_catching_panics<Q: Queue>(queue: &Q, item: &Q::Item, hard_stop: CancellationToken) {
+async fn execute_catching_panics<Q: Queue>(
+    queue: &Q,
+    item: &Q::Item,
+    hard_stop: CancellationToken,
+) {
     let attempt = AssertUnwindSafe(queue.execute(item, hard_stop))
         .catch_unwind()
         .await;
@@ -152,4 +156,89 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 async fn drain(running: &mut JoinSet<()>) {
     while running.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An in-memory queue: the loop's contract with its queue, without a database.
+    #[derive(Clone, Default)]
+    struct Fake {
+        runnable: Arc<Mutex<Vec<u32>>>,
+        done: Arc<Mutex<Vec<u32>>>,
+        panicked: Arc<Mutex<Vec<(u32, String)>>>,
+        wakeups: Arc<Notify>,
+    }
+
+    impl Queue for Fake {
+        type Item = u32;
+
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn rescue(&self) {}
+
+        async fn claim(&self, limit: usize) -> Vec<u32> {
+            let mut runnable = self.runnable.lock().unwrap();
+            let take = limit.min(runnable.len());
+            runnable.drain(..take).collect()
+        }
+
+        async fn execute(&self, item: &u32, _hard_stop: CancellationToken) {
+            tokio::task::yield_now().await;
+            if *item % 2 == 0 {
+                panic!("item {item} is even");
+            }
+            self.done.lock().unwrap().push(*item);
+        }
+
+        async fn after_panic(&self, item: &u32, panic: String) {
+            self.panicked.lock().unwrap().push((*item, panic));
+        }
+
+        fn wakeups(&self) -> Arc<Notify> {
+            self.wakeups.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_is_reported_with_its_item_and_the_loop_goes_on() {
+        let queue = Fake::default();
+        queue.runnable.lock().unwrap().extend(1..=6);
+        let settings = WorkerSettings {
+            concurrency: 2,
+            poll_interval: Duration::from_millis(10),
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn({
+            let queue = queue.clone();
+            let stop = stop.clone();
+            async move { run(queue, &settings, stop).await }
+        });
+        for _ in 0..200 {
+            if queue.done.lock().unwrap().len() + queue.panicked.lock().unwrap().len() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        running.await.unwrap();
+
+        let mut done = queue.done.lock().unwrap().clone();
+        done.sort();
+        assert_eq!(done, [1, 3, 5], "the slots of panicked attempts were freed");
+        let mut panicked = queue.panicked.lock().unwrap().clone();
+        panicked.sort();
+        assert_eq!(
+            panicked,
+            [2, 4, 6].map(|n| (n, format!("the attempt panicked: item {n} is even")))
+        );
+    }
 }
