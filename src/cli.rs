@@ -224,6 +224,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_configured(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<()> {
     let settings = Settings::load(config).context("invalid configuration")?;
     telemetry::init(settings.log_format);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     match command {
         Command::Serve { role } => serve(&settings, role).await,
         Command::Migrate => {

@@ -43,6 +43,12 @@ pub enum ConfigError {
     Retention(#[from] crate::retention::RetentionError),
     #[error("jwks_url is not a valid http(s) URL")]
     JwksUrl,
+    #[error("unknown key `{key}` in {}{hint}", file.display())]
+    UnknownKey {
+        key: String,
+        file: std::path::PathBuf,
+        hint: String,
+    },
     #[error("{key} = {value} is out of range: it must be {range} ({unit})")]
     OutOfRange {
         key: &'static str,
@@ -119,8 +125,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The settings as written; see `config/default.toml` for what each key means.
+/// The settings as written; see `config/default.toml` for what each key means. Unknown keys
+/// are refused (a typo must not silently leave a default in force).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub listen: SocketAddr,
     #[serde(default)]
@@ -174,6 +182,82 @@ pub struct Settings {
     /// Where finished outcomes are handed off (`[[sinks]]` in the file; see `deliver::sinks`).
     #[serde(default)]
     pub sinks: Vec<crate::deliver::SinkConfig>,
+    /// What loading noticed but did not refuse (unknown `GEMHOOK_*` variables), for the caller
+    /// to log once logging is up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// `GEMHOOK_*` variables that are not settings: read by commands themselves, by the tests or
+/// by the benchmark scripts. Not warned about.
+const NON_SETTING_VARIABLES: &[&str] = &[
+    "GEMHOOK_CONFIG",
+    "GEMHOOK_SEND_SECRET",
+    "GEMHOOK_SEND_SIGNING_KEY",
+    "GEMHOOK_BIN",
+    "GEMHOOK_PORT",
+    "GEMHOOK_ROLE",
+];
+const NON_SETTING_PREFIXES: &[&str] = &["GEMHOOK_TEST_", "GEMHOOK_BENCH_", "GEMHOOK_FAULTS_"];
+
+/// Every key [`Settings`] reads, taken from its serde definition so the list cannot drift.
+pub fn known_keys() -> &'static [&'static str] {
+    serde_aux::serde_introspection::serde_introspect::<Settings>()
+}
+
+/// The known key nearest to `key`, when one is near enough to be a likely typo.
+pub fn nearest_key(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    known_keys()
+        .iter()
+        .map(|known| (strsim::levenshtein(&key, known), *known))
+        .filter(|(distance, known)| *distance <= 3.max(known.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+fn did_you_mean(suggestion: Option<&str>, render: impl Fn(&str) -> String) -> String {
+    suggestion
+        .map(|known| format!("; did you mean {}?", render(known)))
+        .unwrap_or_default()
+}
+
+/// Keys in a configuration file that gemhook does not know.
+fn check_file_keys(file: &Path) -> Result<(), ConfigError> {
+    use figment::Provider as _;
+    let data = Toml::file_exact(file).data().map_err(Box::new)?;
+    for dict in data.values() {
+        for key in dict.keys() {
+            if !known_keys().contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey {
+                    key: key.clone(),
+                    file: file.to_owned(),
+                    hint: did_you_mean(nearest_key(key), |k| format!("`{k}`")),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Warnings for `GEMHOOK_*` variables in `vars` that name no setting.
+pub fn unknown_variables(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut warnings: Vec<String> = vars
+        .filter_map(|(name, _value)| {
+            let key = name.strip_prefix("GEMHOOK_")?.to_ascii_lowercase();
+            let known = known_keys().contains(&key.as_str())
+                || NON_SETTING_VARIABLES.contains(&name.as_str())
+                || NON_SETTING_PREFIXES.iter().any(|p| name.starts_with(p));
+            (!known).then(|| {
+                let hint = did_you_mean(nearest_key(&key), |k| {
+                    format!("`GEMHOOK_{}`", k.to_ascii_uppercase())
+                });
+                format!("{name} is not a gemhook setting and is ignored{hint}")
+            })
+        })
+        .collect();
+    warnings.sort();
+    warnings
 }
 
 impl Settings {
@@ -192,12 +276,23 @@ impl Settings {
             // DATABASE_URL and GEMINI_API_KEY are the conventions of most platforms and of
             // Google's SDKs; the GEMHOOK_ names win when both are set.
             .merge(Env::raw().only(&["DATABASE_URL", "GEMINI_API_KEY"]))
-            .merge(Env::prefixed("GEMHOOK_"))
+            // Only settings: other GEMHOOK_ variables are warned about, not refused, since
+            // the environment is shared with other tools.
+            .merge(
+                Env::prefixed("GEMHOOK_")
+                    .filter(|key| known_keys().iter().any(|known| key == *known)),
+            )
     }
 
-    /// Loads defaults → file → environment and validates.
+    /// Loads defaults → file → environment and validates. A key the file does not know is
+    /// refused; an unknown `GEMHOOK_*` variable becomes a warning in [`Settings::warnings`].
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::from_figment(Self::figment(file))
+        if let Some(file) = file {
+            check_file_keys(file)?;
+        }
+        let mut settings = Self::from_figment(Self::figment(file))?;
+        settings.warnings = unknown_variables(std::env::vars());
+        Ok(settings)
     }
 
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
@@ -464,6 +559,64 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.contains("max_inflight_body_bytes"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_is_refused_with_the_nearest_known_name() {
+        let dir = std::env::temp_dir().join(format!("gemhook-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typo.toml");
+        std::fs::write(&file, "listn = \"127.0.0.1:9000\"\n").unwrap();
+
+        let message = Settings::load(Some(&file)).unwrap_err().to_string();
+
+        assert_eq!(
+            message,
+            format!(
+                "unknown key `listn` in {}; did you mean `listen`?",
+                file.display()
+            )
+        );
+        std::fs::write(&file, "webhook_secret = \"x\"\n").unwrap();
+        let message = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            message.ends_with("did you mean `webhook_secrets`?"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_gemhook_variable_is_a_warning_with_the_nearest_name() {
+        let vars = [
+            ("GEMHOOK_WEBHOOK_SECRET", "x"),
+            ("GEMHOOK_LISTEN", "127.0.0.1:1"),
+            ("GEMHOOK_TEST_DATABASE_URL", "postgres://"),
+            ("GEMHOOK_CONFIG", "a.toml"),
+            ("GEMHOOK_ZZZZZZZZ", "1"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+
+        let warnings = unknown_variables(vars.into_iter());
+
+        assert_eq!(
+            warnings,
+            [
+                "GEMHOOK_WEBHOOK_SECRET is not a gemhook setting and is ignored; did you mean `GEMHOOK_WEBHOOK_SECRETS`?",
+                "GEMHOOK_ZZZZZZZZ is not a gemhook setting and is ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_key_of_the_defaults_file_is_known_and_vice_versa_for_required_ones() {
+        use figment::Provider as _;
+        let data = Toml::string(DEFAULTS).data().unwrap();
+        for key in data.values().flat_map(|dict| dict.keys()) {
+            assert!(known_keys().contains(&key.as_str()), "{key}");
+        }
+        assert!(known_keys().contains(&"webhook_secrets"));
     }
 
     #[test]

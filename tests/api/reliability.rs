@@ -148,7 +148,13 @@ async fn very_large_or_very_many_headers_get_a_4xx_never_a_5xx() {
     let app = spawn_app().await;
     let big = "x".repeat(100 * 1024);
     let response = app.post_with_headers(&[("x-padding", big.as_str())], "{}").await;
-    assert_eq!(response.status(), 431);
+    // hyper answers 431 when its buffer fills before the head ends, or 400 when what it holds
+    // so far does not parse; both are the client's fault, neither reaches the handler.
+    assert!(
+        [400, 431].contains(&response.status().as_u16()),
+        "{}",
+        response.status()
+    );
 
     let names: Vec<String> = (0..150).map(|n| format!("x-h{n}")).collect();
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
