@@ -33,6 +33,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print every key's effective value (secrets redacted)
+    /// and where it came from: built-in default, the file, or an environment variable.
+    Check {
+        /// One JSON array of {key, value, source} objects.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the receiver and/or the worker until SIGTERM or SIGINT.
     Serve {
@@ -77,6 +88,11 @@ pub enum Command {
         /// Delete dead-lettered (discarded) events too; they are kept otherwise.
         #[arg(long)]
         include_discarded: bool,
+    },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Secrets for signing deliveries.
     Secret {
@@ -217,8 +233,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => config_check(cli.config.as_deref(), json),
         command => run_configured(cli.config.as_deref(), command).await,
     }
+}
+
+/// Validates first (the same checks as start-up), then shows where each value came from.
+fn config_check(file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::load(file).context("invalid configuration")?;
+    let lines = crate::config::provenance(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(());
+    }
+    let width = lines.iter().map(|l| l.key.len()).max().unwrap_or(0);
+    for line in &lines {
+        let value = match &line.value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        println!("{:width$}  {value}  ({})", line.key, line.source);
+    }
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("configuration is valid");
+    Ok(())
 }
 
 async fn run_configured(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<()> {
@@ -265,7 +307,7 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
             Ok(())
         }
         Command::Bench { command } => bench(command).await,
-        Command::Secret { .. } | Command::Send(_) => Ok(()),
+        Command::Secret { .. } | Command::Send(_) | Command::Config { .. } => Ok(()),
     }
 }
 

@@ -468,6 +468,89 @@ impl Settings {
     }
 }
 
+/// Keys whose values are secret: `gemhook config check` shows only that they are set.
+const SECRET_KEYS: &[&str] = &["webhook_secrets", "gemini_api_key", "sinks"];
+
+/// One line of `gemhook config check`: a key, its effective value (secrets redacted) and where
+/// that value came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Provenance {
+    pub key: &'static str,
+    pub value: serde_json::Value,
+    pub source: String,
+}
+
+/// The effective configuration, key by key, as [`Settings::load`] would see it.
+pub fn provenance(file: Option<&Path>) -> Result<Vec<Provenance>, ConfigError> {
+    let figment = Settings::figment(file);
+    let mut lines = Vec::new();
+    for key in known_keys() {
+        let Ok(value) = figment.find_value(key) else {
+            lines.push(Provenance {
+                key,
+                value: serde_json::Value::Null,
+                source: "unset".into(),
+            });
+            continue;
+        };
+        let source = match value.tag().profile().and(figment.get_metadata(value.tag())) {
+            Some(metadata) => match &metadata.source {
+                Some(figment::Source::File(path)) => format!("file {}", path.display()),
+                _ if metadata.name.contains("environment") => {
+                    format!(
+                        "environment {}",
+                        metadata.interpolate(&figment::Profile::Default, &[key])
+                    )
+                }
+                _ if metadata.name.contains("TOML source string") => "built-in default".into(),
+                _ => metadata.name.to_string(),
+            },
+            None => "built-in default".into(),
+        };
+        let value = value
+            .deserialize::<serde_json::Value>()
+            .unwrap_or(serde_json::Value::Null);
+        let value = if SECRET_KEYS.contains(key) {
+            redact_value(&value)
+        } else if *key == "database_url" {
+            value
+                .as_str()
+                .map(|url| serde_json::Value::String(redact_url(url)))
+                .unwrap_or(value)
+        } else {
+            value
+        };
+        lines.push(Provenance { key, value, source });
+    }
+    Ok(lines)
+}
+
+/// "<redacted: N set>" for a list, "<redacted>" for a value, nothing for empty ones.
+fn redact_value(value: &serde_json::Value) -> serde_json::Value {
+    let text = match value {
+        serde_json::Value::Array(items) if items.is_empty() => return value.clone(),
+        serde_json::Value::String(text) if text.is_empty() => return value.clone(),
+        serde_json::Value::Array(items) => format!("<redacted: {} set>", items.len()),
+        serde_json::Value::String(text) => {
+            let count = text.split(',').filter(|s| !s.trim().is_empty()).count();
+            format!("<redacted: {count} set>")
+        }
+        _ => "<redacted>".into(),
+    };
+    serde_json::Value::String(text)
+}
+
+/// A database URL with its password replaced.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("<redacted>"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Accepts a list, or one string of comma-separated items (the environment's form).
 fn comma_separated<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
@@ -617,6 +700,33 @@ mod tests {
             assert!(known_keys().contains(&key.as_str()), "{key}");
         }
         assert!(known_keys().contains(&"webhook_secrets"));
+    }
+
+    #[test]
+    fn provenance_names_the_source_of_each_value_and_redacts_secrets() {
+        let dir = std::env::temp_dir().join(format!("gemhook-prov-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gemhook.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nwebhook_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ndatabase_url = \"postgres://u:hunter2@db/x\"\n",
+        )
+        .unwrap();
+
+        let lines = provenance(Some(&file)).unwrap();
+
+        let line = |key: &str| lines.iter().find(|l| l.key == key).unwrap().clone();
+        assert_eq!(line("listen").value, "127.0.0.1:9000");
+        assert_eq!(line("listen").source, format!("file {}", file.display()));
+        assert_eq!(line("max_body_bytes").source, "built-in default");
+        assert_eq!(line("webhook_secrets").value, "<redacted: 1 set>");
+        assert_eq!(
+            line("database_url").value,
+            "postgres://u:%3Credacted%3E@db/x"
+        );
+        let printed = serde_json::to_string(&lines).unwrap();
+        assert!(!printed.contains("MfKQ9r8") && !printed.contains("hunter2"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
