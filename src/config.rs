@@ -496,11 +496,11 @@ pub fn provenance(file: Option<&Path>) -> Result<Vec<Provenance>, ConfigError> {
         let source = match value.tag().profile().and(figment.get_metadata(value.tag())) {
             Some(metadata) => match &metadata.source {
                 Some(figment::Source::File(path)) => format!("file {}", path.display()),
+                _ if metadata.name.contains("GEMHOOK_") => {
+                    format!("environment GEMHOOK_{}", key.to_ascii_uppercase())
+                }
                 _ if metadata.name.contains("environment") => {
-                    format!(
-                        "environment {}",
-                        metadata.interpolate(&figment::Profile::Default, &[key])
-                    )
+                    format!("environment {}", key.to_ascii_uppercase())
                 }
                 _ if metadata.name.contains("TOML source string") => "built-in default".into(),
                 _ => metadata.name.to_string(),
