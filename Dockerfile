@@ -18,10 +18,16 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/gemhook --create-home gemhook
 COPY --from=build /src/target/release/gemhook /usr/local/bin/gemhook
+RUN mkdir -p /var/lib/gemhook/data && chown gemhook /var/lib/gemhook/data
 USER gemhook
 WORKDIR /var/lib/gemhook
-ENV GEMHOOK_LISTEN=0.0.0.0:8080 \
+# PORT (not GEMHOOK_LISTEN) so that platforms which set PORT, like Cloud Run, are obeyed: gemhook
+# listens on 0.0.0.0:$PORT when GEMHOOK_LISTEN is unset.
+ENV PORT=8080 \
     GEMHOOK_LOG_FORMAT=json
+# The embedded SQLite database and results live here (./data) unless GEMHOOK_DATABASE_URL and
+# GEMHOOK_RESULTS_URL point elsewhere: without a volume they are lost with the container.
+VOLUME ["/var/lib/gemhook/data"]
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/gemhook"]
 CMD ["serve"]

@@ -225,7 +225,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", crate::send::run_secret(command)?);
             Ok(())
         }
-        Command::Send(args) => {
+        Command::Send(mut args) => {
+            if args.secret.is_none() && args.signing_key.is_none() {
+                // The local server's development secret, as `gemhook serve` printed it.
+                let path = crate::dev_secret::path_for(
+                    &crate::dev_secret::database_url_from_environment(),
+                );
+                let secret = crate::dev_secret::load(&path).with_context(|| {
+                    format!(
+                        "no --secret given and no development secret in {} (start `gemhook serve` on a loopback address first, or pass --secret)",
+                        path.display()
+                    )
+                })?;
+                args.secret = Some(secret.into());
+            }
             let outcome = crate::send::send(args).await.context("gemhook send")?;
             println!("{outcome}");
             if outcome.reply.is_some() && !outcome.is_success() {
@@ -343,12 +356,94 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
-    let app = Application::build(settings, role)
+    let mut settings = settings.clone();
+    let dev_secret = if role.receives() {
+        project_secret_or_dev(&mut settings)?
+    } else {
+        None
+    };
+    let database_url = settings.database_url()?.to_owned();
+    if database_url.starts_with("sqlite:") && in_container() {
+        tracing::warn!(
+            database = %database_url,
+            "running in a container on the embedded SQLite database: mount a volume at its folder (the image declares /var/lib/gemhook/data) or set GEMHOOK_DATABASE_URL, or every event is lost with the container"
+        );
+    }
+    let app = Application::build(&settings, role)
         .await
         .context("starting gemhook")?;
+    print_banner(&settings, &app, role, dev_secret.as_ref());
     app.run_until_stopped(startup::shutdown_signal())
         .await
         .context("serving HTTP")
+}
+
+/// The development secret, when the receiver has no project secret and listens on loopback
+/// only; refuses a public address without one (every project webhook would get 401) unless
+/// the operator said that only dynamic, JWKS-signed webhooks are expected.
+fn project_secret_or_dev(
+    settings: &mut Settings,
+) -> anyhow::Result<Option<(String, std::path::PathBuf, bool)>> {
+    if !settings.webhook_secrets.is_empty() {
+        return Ok(None);
+    }
+    if !settings.listen.ip().is_loopback() {
+        if settings.dynamic_webhooks_only {
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "no webhook secret is configured and {} is not a loopback address, so every project webhook would be refused (401): set GEMHOOK_WEBHOOK_SECRETS to the webhook's signing secret (`gemhook webhooks create` or Google's console shows it), or set GEMHOOK_DYNAMIC_WEBHOOKS_ONLY=true if only per-job webhooks signed with Google's keys are expected",
+            settings.listen
+        );
+    }
+    let path = crate::dev_secret::path_for(settings.database_url()?);
+    let (secret, created) = crate::dev_secret::load_or_create(&path, || {
+        crate::send::generate_secret(32).unwrap_or_default()
+    })
+    .with_context(|| {
+        format!(
+            "keeping the development webhook secret in {}",
+            path.display()
+        )
+    })?;
+    settings.webhook_secrets = vec![crate::config::Redacted::new(secret.clone())];
+    Ok(Some((secret, path, created)))
+}
+
+/// Whether this looks like a container (Docker, Kubernetes, Cloud Run), where a file outside
+/// a volume does not outlive a restart.
+fn in_container() -> bool {
+    std::path::Path::new("/.dockerenv").exists()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("K_SERVICE").is_some()
+}
+
+/// What a person starting gemhook needs to see once: where it listens and keeps its data, and
+/// how to try it. On stdout; logs go to stderr.
+fn print_banner(
+    settings: &Settings,
+    app: &Application,
+    role: Role,
+    dev_secret: Option<&(String, std::path::PathBuf, bool)>,
+) {
+    let address = app.local_addr();
+    let database = settings
+        .database_url()
+        .map(crate::config::redact_url)
+        .unwrap_or_default();
+    println!("gemhook {} ({role:?})", env!("CARGO_PKG_VERSION"));
+    if role.receives() {
+        println!("  webhook   http://{address}{}", crate::http::WEBHOOK_PATH);
+    }
+    println!("  database  {database}");
+    if let Some((secret, path, created)) = dev_secret {
+        let how = if *created { "created" } else { "kept" };
+        println!(
+            "  secret    {secret}  (development secret, {how} in {})",
+            path.display()
+        );
+        println!("  try it    gemhook send batch.succeeded");
+    }
 }
 
 async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {

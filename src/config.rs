@@ -161,6 +161,9 @@ pub struct Settings {
     pub jwks_ttl_secs: u64,
     pub jwks_min_refresh_secs: u64,
     pub accept_jwt: bool,
+    /// Start on a public address with no project secret: only per-job webhooks signed with
+    /// Google's keys are expected.
+    pub dynamic_webhooks_only: bool,
     #[serde(default)]
     pub jwt_audience: Option<String>,
     #[serde(default)]
@@ -269,6 +272,14 @@ impl Settings {
     /// The layered sources, without extracting them.
     pub fn figment(file: Option<&Path>) -> Figment {
         let mut figment = Self::defaults();
+        // PORT is how Cloud Run, Heroku and others say where to listen: all interfaces on it,
+        // unless the file or GEMHOOK_LISTEN says otherwise.
+        if let Some(port) = std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            figment = figment.merge(("listen", format!("0.0.0.0:{port}")));
+        }
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }

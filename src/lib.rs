@@ -26,6 +26,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod dev_secret;
 pub mod envelope;
 pub mod gemini;
 pub mod http;
