@@ -18,7 +18,7 @@
 //! checking a deployment), [`bench`] (the load generator).
 //!
 //! Beside the core, never used by it: [`tools`], with [`tools::gemini_dev`] (a local stand-in
-//! for Gemini's REST API).
+//! for Gemini's REST API) and [`tools::dev`] (`gemhook dev`: the whole path on one machine).
 
 #![forbid(unsafe_code)]
 
