@@ -67,7 +67,7 @@ pub struct DevArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error(transparent)]
+    #[error("the Gemini stand-in could not start (another address: --gemini-listen)")]
     StandIn(#[from] StandInError),
     #[error("the built-in {TERMINAL_SINK} sink cannot be added to the configured sinks")]
     Sinks(#[from] SinkConfigError),
@@ -107,9 +107,10 @@ pub async fn run(settings: Settings, args: DevArgs) -> Result<(), DevError> {
         },
     )
     .await?;
-    let secret = match settings.webhook_secrets.is_empty() {
-        true => SessionSecret::Generated(generate_secret(DEFAULT_SECRET_BYTES)?),
-        false => SessionSecret::Configured,
+    let secret = if settings.webhook_secrets.is_empty() {
+        SessionSecret::Generated(generate_secret(DEFAULT_SECRET_BYTES)?)
+    } else {
+        SessionSecret::Configured
     };
     let settings = session_settings(settings, &args, stand_in.url(), &secret)?;
     let app = crate::Server::new(settings.clone())
