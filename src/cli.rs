@@ -101,6 +101,9 @@ pub enum Command {
     },
     /// Build, sign and POST a realistic Gemini event (like `stripe trigger`).
     Send(SendArgs),
+    /// See the whole path locally: gemhook plus a stand-in for Gemini, wired together, each
+    /// outcome printed here. No Google account needed.
+    Dev(crate::tools::dev::DevArgs),
     /// Load generators for measuring a running receiver.
     Bench {
         #[command(subcommand)]
@@ -320,6 +323,9 @@ async fn run_configured(config: Option<&std::path::Path>, command: Command) -> a
             Ok(())
         }
         Command::Bench { command } => bench(command).await,
+        Command::Dev(args) => crate::tools::dev::run(settings, args)
+            .await
+            .context("gemhook dev"),
         Command::Secret { .. } | Command::Send(_) | Command::Config { .. } => Ok(()),
     }
 }

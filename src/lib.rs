@@ -16,6 +16,9 @@
 //! (metrics), [`retention`] (pruning), [`startup`] (build → port → run until stopped, and the
 //! embeddable [`Server`]), [`cli`] (the commands), [`send`] and [`capture`] (trying and
 //! checking a deployment), [`bench`] (the load generator).
+//!
+//! Beside the core, never used by it: [`tools`], with [`tools::gemini_dev`] (a local stand-in
+//! for Gemini's REST API) and [`tools::dev`] (`gemhook dev`: the whole path on one machine).
 
 #![forbid(unsafe_code)]
 
@@ -38,5 +41,6 @@ pub mod send;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod verify;
 pub mod worker;

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::envelope::KNOWN_TYPES;
+use crate::tools::gemini_dev::resources::{self as dev, BatchState, InteractionStatus};
 use crate::verify::{
     SecretError, SigningKeyError, WebhookSecret, WebhookSigningKey, sign_v1, sign_v1a,
 };
@@ -147,7 +148,9 @@ pub struct SendArgs {
     /// The webhook-id header [default: msg_<random uuid>]. Reuse one to test deduplication.
     #[arg(long)]
     pub id: Option<String>,
-    /// The resource id put in data.id [default: a random id of the event's kind].
+    /// The resource id put in data.id, and from which the pointers are derived (e.g. the
+    /// results file of a batch) [default: a random id of the event's kind, one that
+    /// `gemhook dev`'s stand-in for Gemini serves].
     #[arg(long)]
     pub resource_id: Option<String>,
     /// A JSON object whose keys replace those of the generated data.
@@ -304,7 +307,7 @@ pub fn example_event(
 /// The body of a realistic Gemini event: `{"type", "version": "v1", "timestamp", "data"}`.
 ///
 /// `data` holds the catalogue's fields for the type, with random ids shaped like Gemini's;
-/// `resource_id` replaces `data.id`, then the keys of `data_override` (a JSON object) replace
+/// `resource_id` replaces `data.id` (and the pointers derived from it), then the keys of `data_override` (a JSON object) replace
 /// the generated ones. A type outside the catalogue is allowed, with empty data (see
 /// [`is_catalogue_type`]): that is how a user checks that unknown types are kept as `ignored`.
 pub fn example_event_at<R: Rng + ?Sized>(
@@ -322,10 +325,7 @@ pub fn example_event_at<R: Rng + ?Sized>(
         Some(Value::Object(map)) => map,
         Some(_) => return Err(SendError::DataNotObject),
     };
-    let mut data = example_data(event_type, rng);
-    if let Some(id) = resource_id {
-        data.insert("id".into(), Value::String(id.to_owned()));
-    }
+    let mut data = example_data(event_type, resource_id, rng);
     data.extend(overrides);
     // A struct, not a `Value`: serde_json's map sorts keys, and a body that starts with `type`
     // reads like Gemini's published example.
@@ -355,37 +355,76 @@ fn random_text<R: Rng + ?Sized>(rng: &mut R, alphabet: &[u8], len: usize) -> Str
         .collect()
 }
 
-/// The catalogue's `data` fields for a type, with ids in the shapes Gemini uses: `batches/...`
-/// for batches, `v1_Chd...` for interactions, `files/...` for outputs.
-fn example_data<R: Rng + ?Sized>(event_type: &str, rng: &mut R) -> Map<String, Value> {
-    let batch_id = |rng: &mut R| format!("batches/{}", random_text(rng, LOWER_ALNUM, 30));
+/// The catalogue's `data` fields for a type, with ids in the shapes Gemini uses (`batches/...`
+/// for batches, `v1_Chd...` for interactions, `files/...` for outputs), named the way
+/// `gemhook dev`'s stand-in for Gemini reads them (see [`crate::tools::gemini_dev::resources`]):
+/// each event points at a resource the stand-in has, in the state the event reports. A given
+/// `resource_id` replaces the generated id, and the pointers derived from it follow.
+fn example_data<R: Rng + ?Sized>(
+    event_type: &str,
+    resource_id: Option<&str>,
+    rng: &mut R,
+) -> Map<String, Value> {
+    let batch = |rng: &mut R, state| {
+        resource_id.map_or_else(
+            || dev::batch_name(&random_text(rng, LOWER_ALNUM, 30), state),
+            str::to_owned,
+        )
+    };
     // Interaction ids are opaque base64-ish text; alphanumerics only, so the id stays a single
     // safe path segment when the worker fetches it.
-    let interaction_id = |rng: &mut R| format!("v1_Chd{}", random_text(rng, ALNUM, 40));
+    let interaction = |rng: &mut R, status| {
+        resource_id.map_or_else(
+            || {
+                let base = format!("v1_Chd{}", random_text(rng, ALNUM, 40));
+                dev::interaction_name(&base, status)
+            },
+            str::to_owned,
+        )
+    };
     let text = |s: &str| Value::String(s.to_owned());
     let mut data = Map::new();
     match event_type {
         "batch.succeeded" => {
-            data.insert("id".into(), Value::String(batch_id(rng)));
-            let file = format!("files/batch-{}", random_text(rng, LOWER_ALNUM, 20));
-            data.insert("output_file_uri".into(), Value::String(file));
+            let id = batch(rng, BatchState::Succeeded);
+            data.insert(
+                "output_file_uri".into(),
+                text(&dev::batch_results_file(&id)),
+            );
+            data.insert("id".into(), Value::String(id));
         }
         "batch.failed" => {
-            data.insert("id".into(), Value::String(batch_id(rng)));
+            data.insert("id".into(), Value::String(batch(rng, BatchState::Failed)));
             data.insert("error_code".into(), Value::from(3));
             data.insert(
                 "error_message".into(),
                 text("Request 4 of the input file is not valid: missing field `contents`."),
             );
         }
-        "batch.expired" | "batch.cancelled" => {
-            data.insert("id".into(), Value::String(batch_id(rng)));
+        "batch.expired" => {
+            data.insert("id".into(), Value::String(batch(rng, BatchState::Expired)));
         }
-        "interaction.completed" | "interaction.requires_action" | "interaction.cancelled" => {
-            data.insert("id".into(), Value::String(interaction_id(rng)));
+        "batch.cancelled" => {
+            data.insert(
+                "id".into(),
+                Value::String(batch(rng, BatchState::Cancelled)),
+            );
+        }
+        "interaction.completed" => {
+            let id = interaction(rng, InteractionStatus::Completed);
+            data.insert("id".into(), Value::String(id));
+        }
+        "interaction.requires_action" => {
+            let id = interaction(rng, InteractionStatus::RequiresAction);
+            data.insert("id".into(), Value::String(id));
+        }
+        "interaction.cancelled" => {
+            let id = interaction(rng, InteractionStatus::Cancelled);
+            data.insert("id".into(), Value::String(id));
         }
         "interaction.failed" => {
-            data.insert("id".into(), Value::String(interaction_id(rng)));
+            let id = interaction(rng, InteractionStatus::Failed);
+            data.insert("id".into(), Value::String(id));
             data.insert("error_code".into(), Value::from(13));
             data.insert(
                 "error_message".into(),
@@ -393,22 +432,20 @@ fn example_data<R: Rng + ?Sized>(event_type: &str, rng: &mut R) -> Map<String, V
             );
         }
         "video.generated" => {
-            let operation = random_text(rng, LOWER_ALNUM, 12);
-            let file = random_text(rng, LOWER_ALNUM, 12);
-            data.insert(
-                "id".into(),
-                Value::String(format!(
-                    "models/veo-3.1-generate-preview/operations/{operation}"
-                )),
+            let id = resource_id.map_or_else(
+                || dev::video_operation_name(&random_text(rng, LOWER_ALNUM, 12)),
+                str::to_owned,
             );
+            let file = dev::video_file(&id);
             // The full download URL a Veo operation returns, and the file's resource name.
             data.insert(
                 "output_file_uri".into(),
                 Value::String(format!(
-                    "https://generativelanguage.googleapis.com/v1beta/files/{file}:download?alt=media"
+                    "https://generativelanguage.googleapis.com/v1beta/{file}:download?alt=media"
                 )),
             );
-            data.insert("file_name".into(), Value::String(format!("files/{file}")));
+            data.insert("file_name".into(), Value::String(file));
+            data.insert("id".into(), Value::String(id));
         }
         // Outside the catalogue: no data to invent.
         _ => {}
@@ -685,6 +722,82 @@ mod tests {
                 .unwrap()
                 .starts_with("files/")
         );
+    }
+
+    #[test]
+    fn every_catalogue_event_points_at_what_the_dev_stand_in_serves_in_its_state() {
+        use crate::tools::gemini_dev::resources::{self as dev, DevFile};
+        let id_of = |data: &Map<String, Value>| data["id"].as_str().unwrap().to_owned();
+        let last = |name: &str| name.rsplit('/').next().unwrap().to_owned();
+        for &event_type in KNOWN_TYPES {
+            let body = example_event_at(event_type, None, None, at(0), &mut rng()).unwrap();
+            let data = data_of(&body);
+            let id = id_of(&data);
+            match event_type {
+                "batch.succeeded" => {
+                    let file = data["output_file_uri"].as_str().unwrap();
+                    let file = file.strip_prefix("files/").unwrap();
+                    assert_eq!(
+                        dev::file(file),
+                        Some(DevFile::BatchResults { batch: &last(&id) })
+                    );
+                }
+                "batch.failed" | "batch.expired" | "batch.cancelled" => {
+                    let state = dev::batch_state(&last(&id)).unwrap();
+                    assert_eq!(
+                        state.job_state(),
+                        format!("JOB_STATE_{}", event_type[6..].to_uppercase())
+                    );
+                }
+                "video.generated" => {
+                    let file = data["file_name"].as_str().unwrap();
+                    let operation = last(&id);
+                    assert_eq!(
+                        dev::file(file.strip_prefix("files/").unwrap()),
+                        Some(DevFile::Video {
+                            operation: &operation
+                        })
+                    );
+                    assert!(
+                        data["output_file_uri"]
+                            .as_str()
+                            .unwrap()
+                            .ends_with(&format!("{file}:download?alt=media"))
+                    );
+                }
+                interaction => {
+                    let status = dev::interaction_status(&id).unwrap();
+                    assert_eq!(
+                        status.as_str(),
+                        interaction.trim_start_matches("interaction.")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_given_resource_id_carries_its_pointers_with_it() {
+        let body = example_event_at(
+            "batch.succeeded",
+            Some("batches/mine"),
+            None,
+            at(0),
+            &mut rng(),
+        )
+        .unwrap();
+        let data = data_of(&body);
+        assert_eq!(data["id"], "batches/mine");
+        assert_eq!(data["output_file_uri"], "files/batch-mine");
+        let body = example_event_at(
+            "video.generated",
+            Some("models/veo-3.1-generate-preview/operations/op7"),
+            None,
+            at(0),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_eq!(data_of(&body)["file_name"], "files/video-op7");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A local HTTP server standing in for Gemini's REST API (files, interactions), scripted per
-//! resource, recording every request and the API key it carried.
+//! resource, recording every request and the API key it carried: for fault answers (statuses,
+//! redirects, delays, stalls). Its realistic bodies (Google's error shape, generated JSONL) come
+//! from `gemhook dev`'s stand-in, `gemhook::tools::gemini_dev::bodies`, their one home.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,19 +12,20 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use gemhook::tools::gemini_dev::bodies;
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub enum Answer {
     /// 200 with this body.
     Body(Bytes),
-    /// This status (with a Retry-After in seconds, if given) and a small JSON error body.
+    /// This status (with a Retry-After in seconds, if given) and Google's JSON error body.
     Status(u16, Option<u64>),
     /// 302 to this absolute URL.
     Redirect(String),
     /// Wait this long before answering at all (a read timeout on the client's side).
     Delay(Duration, Bytes),
-    /// 200 with `lines` generated JSONL lines of about 1 KiB each, streamed, never held whole.
+    /// 200 with `lines` generated JSONL lines of 1 KiB each, streamed, never held whole.
     Generated { lines: u64 },
     /// 200, send these bytes, then hang without ending the body.
     StallAfter(Bytes),
@@ -143,16 +146,17 @@ async fn elsewhere(
     respond(answer).await
 }
 
+fn google_error(code: u16) -> Response {
+    let body = bodies::google_error(code, bodies::default_message(code));
+    (StatusCode::from_u16(code).unwrap(), body.to_string()).into_response()
+}
+
 async fn respond(answer: Option<Answer>) -> Response {
     match answer {
-        None => (StatusCode::NOT_FOUND, r#"{"error":{"code":404}}"#).into_response(),
+        None => google_error(404),
         Some(Answer::Body(bytes)) => bytes.into_response(),
         Some(Answer::Status(code, retry_after)) => {
-            let mut response = (
-                StatusCode::from_u16(code).unwrap(),
-                format!(r#"{{"error":{{"code":{code}}}}}"#),
-            )
-                .into_response();
+            let mut response = google_error(code);
             if let Some(secs) = retry_after {
                 response
                     .headers_mut()
@@ -168,14 +172,7 @@ async fn respond(answer: Option<Answer>) -> Response {
             bytes.into_response()
         }
         Some(Answer::Generated { lines }) => {
-            let line = Bytes::from(format!(
-                "{{\"key\":\"k\",\"response\":{{\"text\":\"{}\"}}}}\n",
-                "x".repeat(1000)
-            ));
-            let stream = futures::stream::iter(
-                (0..lines).map(move |_| Ok::<_, std::io::Error>(line.clone())),
-            );
-            Body::from_stream(stream).into_response()
+            Body::from_stream(bodies::sized_batch_results("generated", lines)).into_response()
         }
         Some(Answer::StallAfter(bytes)) => {
             let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) })
