@@ -267,20 +267,35 @@ async fn receivers_sharing_a_database_never_deadlock_on_shared_ids() {
         urls.push(format!("http://127.0.0.1:{}/webhooks/gemini", app.port()));
         tokio::spawn(app.run_until_stopped(std::future::pending()));
     }
+    // Widen the window: every row takes 2 ms to insert, so batches of different receivers
+    // are certainly in flight together (without this the race needs a larger, slower load).
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    admin
+        .execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow_insert BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION slow_insert();",
+        )
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let body = batch_succeeded("shared");
     let mut total = 0;
-    for round in 0..10 {
-        let ids: Vec<String> = (0..48).map(|_| unique_id()).collect();
+    for round in 0..6 {
+        let ids: Vec<String> = (0..96).map(|_| unique_id()).collect();
         total += ids.len();
         let mut sends = Vec::new();
         for (n, url) in urls.iter().enumerate() {
-            // Each receiver sees the ids in another order, so their batches interleave.
+            // Each receiver sees the ids in another order (ascending, descending, from the
+            // middle), so their batches take the same ids in opposite orders.
             let mut order = ids.clone();
-            order.rotate_left((round * 7 + n * 16) % ids.len());
-            if n % 2 == 1 {
-                order.reverse();
+            match n {
+                0 => {}
+                1 => order.reverse(),
+                _ => order.rotate_left(ids.len() / 2),
             }
+            let _ = round;
             for id in order {
                 let (client, url, body) = (client.clone(), url.clone(), body.clone());
                 sends.push(async move {
@@ -306,7 +321,6 @@ async fn receivers_sharing_a_database_never_deadlock_on_shared_ids() {
         let refused = statuses.iter().filter(|s| **s != 200).count();
         assert_eq!(refused, 0, "round {round}: {statuses:?}");
     }
-    let mut admin = PgConnection::connect(&db.url).await.unwrap();
     let (events, jobs): (i64, i64) =
         sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM jobs)")
             .fetch_one(&mut admin)
