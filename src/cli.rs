@@ -28,6 +28,11 @@ pub struct Cli {
     /// A TOML file layered over the built-in defaults (environment variables override both).
     #[arg(long, global = true, env = "GEMHOOK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Create the embedded SQLite database when it does not exist yet (`serve`, `migrate` and
+    /// `dev` always do); without it, other commands refuse, so that one run from the wrong
+    /// directory does not silently read a new, empty database.
+    #[arg(long, global = true)]
+    pub create: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -252,7 +257,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(cli.config.as_deref(), json),
-        command => run_configured(cli.config.as_deref(), command).await,
+        command => run_configured(cli.config.as_deref(), cli.create, command).await,
     }
 }
 
@@ -279,8 +284,13 @@ fn config_check(file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn run_configured(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<()> {
-    let settings = Settings::load(config).context("invalid configuration")?;
+async fn run_configured(
+    config: Option<&std::path::Path>,
+    create: bool,
+    command: Command,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config).context("invalid configuration")?;
+    settings.create_database = create || matches!(command, Command::Migrate);
     telemetry::init(settings.log_format);
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
@@ -369,6 +379,7 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
         None
     };
     let database_url = settings.database_url()?.to_owned();
+    let creates_database = crate::store::sqlite_file(&database_url).is_some_and(|f| !f.exists());
     if database_url.starts_with("sqlite:") && in_container() {
         tracing::warn!(
             database = %database_url,
@@ -378,7 +389,7 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
     let app = Application::build(&settings, role)
         .await
         .context("starting gemhook")?;
-    print_banner(&settings, &app, role, dev_secret.as_ref());
+    print_banner(&settings, &app, role, creates_database, dev_secret.as_ref());
     app.run_until_stopped(startup::shutdown_signal())
         .await
         .context("serving HTTP")
@@ -430,6 +441,7 @@ fn print_banner(
     settings: &Settings,
     app: &Application,
     role: Role,
+    created_database: bool,
     dev_secret: Option<&(String, std::path::PathBuf, bool)>,
 ) {
     let address = app.local_addr();
@@ -441,7 +453,8 @@ fn print_banner(
     if role.receives() {
         println!("  webhook   http://{address}{}", crate::http::WEBHOOK_PATH);
     }
-    println!("  database  {database}");
+    let created = if created_database { "  (created)" } else { "" };
+    println!("  database  {database}{created}");
     if let Some((secret, path, created)) = dev_secret {
         let how = if *created { "created" } else { "kept" };
         println!(

@@ -27,7 +27,7 @@ use crate::verify::Scheme;
 
 pub use group_commit::BatchLimits;
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, file_of as sqlite_file};
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -67,6 +67,18 @@ pub enum StoreError {
     Batch(#[source] Arc<sqlx::Error>),
     #[error("the group-commit writer has stopped")]
     WriterStopped,
+    #[error("cannot open or create the SQLite database at {}", path.display())]
+    SqliteFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the database did not answer within {}ms (ack_deadline_ms)", .0.as_millis())]
     Deadline(Duration),
 }
@@ -180,6 +192,31 @@ impl Store {
         match self {
             Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, limits)),
             Store::Sqlite(s) => Store::Sqlite(s),
+        }
+    }
+
+    /// Connects once, directly, with the pool's options: the pool reports only "timed out"
+    /// when it cannot connect, this says why (refused, unknown host, authentication).
+    pub async fn check_connection(&self) -> Result<(), StoreError> {
+        use sqlx::ConnectOptions as _;
+        use sqlx::Connection as _;
+        match self {
+            Store::Postgres(s) => {
+                let options = s.pool().connect_options();
+                let target = format!(
+                    "{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("postgres")
+                );
+                let connection = options
+                    .connect()
+                    .await
+                    .map_err(|source| StoreError::Connect { target, source })?;
+                let _ = connection.close().await;
+                Ok(())
+            }
+            Store::Sqlite(_) => Ok(()),
         }
     }
 

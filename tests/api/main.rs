@@ -4,6 +4,7 @@
 mod availability;
 mod dev;
 mod dynamic;
+mod first_minutes;
 mod handoff;
 mod helpers;
 mod operations;
