@@ -85,6 +85,10 @@ pub fn event(event_type: &str, data: Value) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_library_verifies_it() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -124,6 +128,10 @@ async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_librar
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -178,6 +186,10 @@ async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match()
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -227,6 +239,10 @@ async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_is_retried() {
     crate::require_postgres!();
     let prefix = format!("gemhooktest{}", uuid::Uuid::new_v4().simple());
@@ -274,6 +290,10 @@ async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;
