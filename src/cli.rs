@@ -159,6 +159,14 @@ pub enum DeliveriesCommand {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// One delivery: its sink, state and attempts, the delivery id and outcome it sends, and
+    /// every failed attempt's answer (status and the start of the body, or the error).
+    Show {
+        delivery_id: i64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-queue a delivery, or every discarded one with --discarded.
     Retry {
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
@@ -220,8 +228,26 @@ pub enum EventsCommand {
     /// Everything stored about one event, the raw body included.
     Show {
         webhook_id: String,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Follow new deliveries as they are stored, with how each was filed (accepted, ignored,
+    /// unparseable), its signing scheme and its job's state, until interrupted. Refused
+    /// deliveries (401, 400) are never stored and so never shown: see the logs for those.
+    Tail {
+        /// One JSON object per line (NDJSON) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// How often to look for new events, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// Stop after this many events (for scripts); unset, follow until interrupted.
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -490,6 +516,12 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
                 print_event_table(&events);
             }
         }
+        EventsCommand::Tail {
+            json,
+            event_type,
+            interval_ms,
+            count,
+        } => tail_events(&store, event_type, interval_ms, count, json).await?,
         EventsCommand::Show { webhook_id, json } => {
             let event = store
                 .find_event(&webhook_id)
@@ -504,6 +536,64 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Polls for events received since the last one shown; prints each once, oldest first.
+async fn tail_events(
+    store: &crate::store::Store,
+    event_type: Option<String>,
+    interval_ms: u64,
+    count: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    // From now: what is already stored is `events list`'s business.
+    let mut since = Utc::now();
+    let mut shown: HashSet<String> = HashSet::new();
+    let mut printed = 0u64;
+    if !json {
+        eprintln!("following new events (Ctrl-C to stop)");
+    }
+    loop {
+        let filter = EventFilter {
+            event_type: event_type.clone(),
+            status: None,
+            since: Some(since),
+        };
+        let mut events = store
+            .list_events(&filter, 500)
+            .await
+            .context("listing events")?;
+        events.reverse();
+        for event in events {
+            if !shown.insert(event.webhook_id.clone()) {
+                continue;
+            }
+            // Rows committed out of order may carry a slightly older time: look back a little.
+            since = since.max(event.received_at - chrono::Duration::seconds(2));
+            if json {
+                println!("{}", serde_json::to_string(&event)?);
+            } else {
+                println!(
+                    "{}  {:<40} {:<28} {:<11} {:<4} job {}",
+                    event.received_at.format("%H:%M:%S%.3f"),
+                    event.webhook_id,
+                    event.event_type.as_deref().unwrap_or("-"),
+                    event.status,
+                    event.scheme,
+                    event.job_state.as_deref().unwrap_or("-"),
+                );
+            }
+            printed += 1;
+            if count.is_some_and(|count| printed >= count) {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(interval_ms.max(10))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
@@ -650,6 +740,48 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
                         d.last_error.as_deref().unwrap_or("")
                     );
                 }
+            }
+        }
+        DeliveriesCommand::Show { delivery_id, json } => {
+            let record = store
+                .find_delivery(delivery_id)
+                .await
+                .context("reading the delivery")?
+                .with_context(|| format!("no delivery with id {delivery_id}"))?;
+            let sent_as = crate::deliver::Dispatcher::outgoing_id(
+                &record.summary.webhook_id,
+                record.revision,
+                &record.summary.sink,
+            );
+            if json {
+                let mut value = serde_json::to_value(&record)?;
+                value["delivery_id"] = serde_json::Value::String(sent_as);
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let d = &record.summary;
+                println!(
+                    "delivery     {} (sent as webhook-id / Nats-Msg-Id {sent_as})",
+                    d.id
+                );
+                println!("event        {}", d.webhook_id);
+                println!("sink         {}", d.sink);
+                println!("state        {} after {} attempt(s)", d.state, d.attempt);
+                println!("scheduled    {}", d.scheduled_at);
+                if let Some(done) = d.finalized_at {
+                    println!("finalized    {done}");
+                }
+                let attempts = record.errors.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                println!("failed attempts: {}", attempts.len());
+                for attempt in attempts {
+                    println!(
+                        "  #{} at {}: {}",
+                        attempt["attempt"],
+                        attempt["at"].as_str().unwrap_or("?"),
+                        attempt["error"].as_str().unwrap_or("?")
+                    );
+                }
+                println!("outcome sent:");
+                println!("{}", serde_json::to_string_pretty(&record.outcome)?);
             }
         }
         DeliveriesCommand::Retry { delivery_id, .. } => {

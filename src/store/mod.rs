@@ -667,6 +667,19 @@ pub struct DeliverySummary {
     pub last_error: Option<String>,
 }
 
+/// Everything about one delivery: `gemhook deliveries show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRecord {
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    /// The outcome's revision (bumped by a replay); part of the outgoing delivery id.
+    pub revision: i32,
+    /// One object per failed attempt: {"attempt", "at", "error", "retryable"}.
+    pub errors: serde_json::Value,
+    /// The outcome JSON the sink is sent.
+    pub outcome: serde_json::Value,
+}
+
 impl Store {
     pub async fn claim_deliveries(
         &self,
@@ -713,12 +726,36 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         match self {
-            Store::Postgres(s) => s.list_deliveries(state, limit).await,
-            Store::Sqlite(s) => s.list_deliveries(state, limit).await,
+            Store::Postgres(s) => s.list_deliveries(state, None, limit).await,
+            Store::Sqlite(s) => s.list_deliveries(state, None, limit).await,
         }
     }
 
     /// Re-queues one delivery (`Some(id)`) or every discarded one (`None`); returns how many.
+    /// One delivery with every attempt's error and the outcome it sends.
+    pub async fn find_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
+        let (summary, detail) = match self {
+            Store::Postgres(s) => (
+                s.list_deliveries(None, Some(id), 1).await?,
+                s.delivery_detail(id).await?,
+            ),
+            Store::Sqlite(s) => (
+                s.list_deliveries(None, Some(id), 1).await?,
+                s.delivery_detail(id).await?,
+            ),
+        };
+        Ok(summary
+            .into_iter()
+            .next()
+            .zip(detail)
+            .map(|(summary, (errors, outcome, revision))| DeliveryRecord {
+                summary,
+                revision,
+                errors,
+                outcome,
+            }))
+    }
+
     pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.requeue_deliveries(id).await,

@@ -276,3 +276,66 @@ fn running_as_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+#[test]
+fn events_tail_prints_new_deliveries_as_they_arrive() {
+    let dir = Folder::new();
+    let (mut server, address) = {
+        let mut command = gemhook_command(&[("GEMHOOK_WEBHOOK_SECRETS", SECRET)]);
+        command.current_dir(&dir.0);
+        Gemhook::from_command(command, &["serve"])
+    };
+    let tail = gemhook_command(&[])
+        .current_dir(&dir.0)
+        .args([
+            "events",
+            "tail",
+            "--json",
+            "--count",
+            "2",
+            "--interval-ms",
+            "50",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the tail take its starting point before the deliveries arrive.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let url = format!("{address}/webhooks/gemini");
+    let ids = ["msg_tail_one", "msg_tail_two"];
+    for id in ids {
+        let sent = run(
+            &dir.0,
+            &[],
+            &[
+                "send",
+                "batch.failed",
+                "--url",
+                &url,
+                "--secret",
+                SECRET,
+                "--id",
+                id,
+            ],
+        );
+        assert!(sent.status.success(), "{}", text(&sent.stderr));
+    }
+
+    let output = tail.wait_with_output().unwrap();
+
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|l| l["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ids);
+    assert_eq!(lines[0]["status"], "accepted");
+    assert_eq!(lines[0]["scheme"], "v1");
+    server.terminate();
+    assert!(server.wait_success());
+}

@@ -236,6 +236,32 @@ async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
     .await
     .unwrap();
     assert_eq!(state, ("completed".into(), 2));
+
+    // `deliveries show`: what was sent, under which id, and the answer of the failed attempt.
+    let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let shown = crate::process::gemhook_command(&[("GEMHOOK_DATABASE_URL", &app.db.url)])
+        .args(["deliveries", "show", &delivery_id.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["delivery_id"], received[0].0.as_str());
+    assert_eq!(shown["outcome"]["webhook_id"], id.as_str());
+    let failed = shown["errors"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("503"),
+        "{}",
+        failed[0]
+    );
 }
 
 #[tokio::test]
