@@ -400,7 +400,9 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     let dev_secret = if role.receives() {
-        project_secret_or_dev(&mut settings)?
+        crate::dev_secret::apply(&mut settings, || {
+            crate::send::generate_secret(32).unwrap_or_default()
+        })?
     } else {
         None
     };
@@ -421,38 +423,6 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
         .context("serving HTTP")
 }
 
-/// The development secret, when the receiver has no project secret and listens on loopback
-/// only; refuses a public address without one (every project webhook would get 401) unless
-/// the operator said that only dynamic, JWKS-signed webhooks are expected.
-fn project_secret_or_dev(
-    settings: &mut Settings,
-) -> anyhow::Result<Option<(String, std::path::PathBuf, bool)>> {
-    if !settings.webhook_secrets.is_empty() {
-        return Ok(None);
-    }
-    if !settings.listen.ip().is_loopback() {
-        if settings.dynamic_webhooks_only {
-            return Ok(None);
-        }
-        anyhow::bail!(
-            "no webhook secret is configured and {} is not a loopback address, so every project webhook would be refused (401): set GEMHOOK_WEBHOOK_SECRETS to the webhook's signing secret (`gemhook webhooks create` or Google's console shows it), or set GEMHOOK_DYNAMIC_WEBHOOKS_ONLY=true if only per-job webhooks signed with Google's keys are expected",
-            settings.listen
-        );
-    }
-    let path = crate::dev_secret::path_for(settings.database_url()?);
-    let (secret, created) = crate::dev_secret::load_or_create(&path, || {
-        crate::send::generate_secret(32).unwrap_or_default()
-    })
-    .with_context(|| {
-        format!(
-            "keeping the development webhook secret in {}",
-            path.display()
-        )
-    })?;
-    settings.webhook_secrets = vec![crate::config::Redacted::new(secret.clone())];
-    Ok(Some((secret, path, created)))
-}
-
 /// Whether this looks like a container (Docker, Kubernetes, Cloud Run), where a file outside
 /// a volume does not outlive a restart.
 fn in_container() -> bool {
@@ -468,7 +438,7 @@ fn print_banner(
     app: &Application,
     role: Role,
     created_database: bool,
-    dev_secret: Option<&(String, std::path::PathBuf, bool)>,
+    dev_secret: Option<&crate::dev_secret::DevSecret>,
 ) {
     let address = app.local_addr();
     let database = settings
@@ -481,11 +451,12 @@ fn print_banner(
     }
     let created = if created_database { "  (created)" } else { "" };
     println!("  database  {database}{created}");
-    if let Some((secret, path, created)) = dev_secret {
-        let how = if *created { "created" } else { "kept" };
+    if let Some(dev) = dev_secret {
+        let how = if dev.created { "created" } else { "kept" };
         println!(
-            "  secret    {secret}  (development secret, {how} in {})",
-            path.display()
+            "  secret    {}  (development secret, {how} in {})",
+            dev.secret,
+            dev.path.display()
         );
         println!("  try it    gemhook send batch.succeeded");
     }

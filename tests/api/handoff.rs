@@ -322,20 +322,14 @@ async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_i
 )]
 async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     crate::require_postgres!();
+    // No configuration file: the README's `cargo run --example embedded`, as it is written.
     let db = TestDatabase::create().await;
-    let config = std::env::temp_dir().join(format!("gemhook-example-{}.toml", db.name));
-    std::fs::write(
-        &config,
-        "[[sinks]]\nname = \"workflow\"\nkind = \"handler\"\n[sinks.filter]\ntypes = [\"batch.*\"]\n",
-    )
-    .unwrap();
     let results = std::env::temp_dir().join(format!("gemhook-example-results-{}", db.name));
     let example = example_binary("embedded");
     let (mut running, address) = Gemhook::start_program(
         &example,
         &[],
         &[
-            ("GEMHOOK_CONFIG", config.to_str().unwrap()),
             ("GEMHOOK_DATABASE_URL", &db.url),
             ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
             ("GEMHOOK_DYNAMIC_WEBHOOKS", "false"),
@@ -374,7 +368,6 @@ async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     }
     running.terminate();
     assert!(running.wait_success());
-    let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_dir_all(&results);
 
     let handled = handled.expect("the example's handler saw the outcome");
