@@ -3,7 +3,7 @@
 //!
 //! Its own test binary with no database or network (`cargo test --test properties`). The case
 //! counts keep it to a few seconds in a debug build; the fuzz targets in `fuzz/` explore the same
-//! functions for longer.
+//! functions for longer. `seeds.rs` beside this file writes those targets' seed corpus.
 
 use std::sync::LazyLock;
 
@@ -18,6 +18,9 @@ use gemhook::verify::{
 };
 use proptest::prelude::*;
 use serde_json::json;
+
+#[path = "properties/seeds.rs"]
+mod seeds;
 
 const README: &str = include_str!("../README.md");
 const VECTOR_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
