@@ -135,6 +135,10 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub database_url: Option<Redacted>,
+    /// A direct (not pooled) URL for `LISTEN`, when `database_url` goes through a pooler in
+    /// transaction mode, which cannot keep a session's subscriptions.
+    #[serde(default)]
+    pub database_listen_url: Option<Redacted>,
     #[serde(deserialize_with = "comma_separated")]
     pub webhook_secrets: Vec<Redacted>,
     pub timestamp_tolerance_secs: u64,
@@ -389,6 +393,14 @@ impl Settings {
         Duration::from_millis(self.ack_deadline_ms)
     }
 
+    /// The URL `LISTEN` connects to, when it is not the main one.
+    pub fn database_listen_url(&self) -> Option<&str> {
+        self.database_listen_url
+            .as_ref()
+            .map(Redacted::expose)
+            .filter(|url| !url.is_empty())
+    }
+
     /// The database URL: the configured one, else the embedded SQLite file.
     pub fn database_url(&self) -> Result<&str, ConfigError> {
         Ok(self
@@ -527,7 +539,7 @@ pub fn provenance(file: Option<&Path>) -> Result<Vec<Provenance>, ConfigError> {
             .unwrap_or(serde_json::Value::Null);
         let value = if SECRET_KEYS.contains(key) {
             redact_value(&value)
-        } else if *key == "database_url" {
+        } else if *key == "database_url" || *key == "database_listen_url" {
             value
                 .as_str()
                 .map(|url| serde_json::Value::String(redact_url(url)))

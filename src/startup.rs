@@ -228,6 +228,7 @@ pub fn connect(settings: &Settings) -> Result<Store, StartupError> {
     let options = ConnectOptions {
         max_connections: settings.database_max_connections,
         acquire_timeout: settings.database_acquire_timeout(),
+        listen_url: settings.database_listen_url().map(str::to_owned),
     };
     Ok(Store::connect_lazy(settings.database_url()?, &options)?)
 }

@@ -89,6 +89,8 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long a request waits for a connection before the store reports itself unavailable.
     pub acquire_timeout: Duration,
+    /// Postgres: a direct URL for `LISTEN` (the pool's URL may be a transaction-mode pooler).
+    pub listen_url: Option<String>,
 }
 
 /// A verified delivery about to be recorded.

@@ -32,6 +32,10 @@ pub struct PgStore {
     pub(super) delivery_wakeups: Arc<Notify>,
     /// When set, deliveries are recorded in shared transactions (see `group_commit`).
     writer: Option<Arc<GroupWriter>>,
+    /// Where `LISTEN` connects when not through the pool's URL: a transaction-mode pooler
+    /// hands each transaction to any server connection, so a subscription made on one would
+    /// be lost, or worse, left on a connection another client then uses.
+    listen: Option<PgPool>,
 }
 
 impl PgStore {
@@ -42,6 +46,24 @@ impl PgStore {
             // per-statement logs at trace so a debug log is not flooded on the ack path.
             .log_statements(tracing::log::LevelFilter::Trace)
             .application_name("gemhook");
+        let listen = options
+            .listen_url
+            .as_deref()
+            .map(|url| {
+                let connect = PgConnectOptions::from_str(url)
+                    .map_err(StoreError::InvalidUrl)?
+                    .application_name("gemhook-listen");
+                // One connection, held for as long as the listener runs.
+                Ok::<_, StoreError>(
+                    PgPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(options.acquire_timeout)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_lazy_with(connect),
+                )
+            })
+            .transpose()?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -51,6 +73,7 @@ impl PgStore {
             wakeups: Arc::new(Notify::new()),
             delivery_wakeups: Arc::new(Notify::new()),
             writer: None,
+            listen,
         })
     }
 
@@ -233,9 +256,10 @@ impl PgStore {
         let pool = self.pool.clone();
         let wakeups = self.wakeups.clone();
         let delivery_wakeups = self.delivery_wakeups.clone();
+        let listen_pool = self.listen.clone().unwrap_or_else(|| pool.clone());
         tokio::spawn(async move {
             loop {
-                match PgListener::connect_with(&pool).await {
+                match PgListener::connect_with(&listen_pool).await {
                     Ok(mut listener) => {
                         let channels = [JOBS_CHANNEL, DELIVERIES_CHANNEL];
                         if let Err(error) = listener.listen_all(channels).await {
@@ -253,7 +277,7 @@ impl PgStore {
                             }
                         }
                     }
-                    Err(error) if pool.is_closed() => {
+                    Err(error) if pool.is_closed() || listen_pool.is_closed() => {
                         tracing::debug!(error = %error, "job listener stopped: pool closed");
                         return;
                     }
@@ -261,7 +285,7 @@ impl PgStore {
                         tracing::warn!(error = %crate::telemetry::error_chain(&error), "job listener cannot connect");
                     }
                 }
-                if pool.is_closed() {
+                if pool.is_closed() || listen_pool.is_closed() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -270,6 +294,9 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        if let Some(listen) = &self.listen {
+            listen.close().await;
+        }
         self.pool.close().await;
     }
 }

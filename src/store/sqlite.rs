@@ -423,6 +423,7 @@ pub(super) mod testing {
             let options = ConnectOptions {
                 max_connections: 8,
                 acquire_timeout: Duration::from_secs(10),
+                listen_url: None,
             };
             let store = SqliteStore::connect_lazy(&self.url(), &options).unwrap();
             store.migrate().await.unwrap();
@@ -514,6 +515,7 @@ mod tests {
         let options = ConnectOptions {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(5),
+            listen_url: None,
         };
         let store = SqliteStore::connect_lazy(&db.url(), &options).unwrap();
 
@@ -533,6 +535,7 @@ mod tests {
             let options = ConnectOptions {
                 max_connections: 4,
                 acquire_timeout: Duration::from_secs(10),
+                listen_url: None,
             };
             let starting: Vec<_> = (0..6)
                 .map(|_| {
@@ -562,6 +565,7 @@ mod tests {
         let options = ConnectOptions {
             max_connections: 1,
             acquire_timeout: Duration::from_secs(1),
+            listen_url: None,
         };
         let refused = SqliteStore::connect_lazy("postgres://localhost/gemhook", &options);
         assert!(matches!(refused, Err(StoreError::UnsupportedUrl)));

@@ -1252,6 +1252,7 @@ mod tests {
         let options = crate::store::ConnectOptions {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(10),
+            listen_url: None,
         };
         let store = SqliteStore::connect_lazy(&url, &options).unwrap();
         store.migrate().await.unwrap();
