@@ -11,5 +11,6 @@ mod operations;
 mod process;
 mod receive;
 mod reliability;
+mod scale;
 mod standin;
 mod worker;
