@@ -457,7 +457,10 @@ impl GeminiClient {
 }
 
 /// A JSON document's body, read whole up to [`MAX_INTERACTION_BYTES`].
-async fn read_limited(response: &mut reqwest::Response, origin: &str) -> Result<Bytes, GeminiError> {
+async fn read_limited(
+    response: &mut reqwest::Response,
+    origin: &str,
+) -> Result<Bytes, GeminiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = response
         .chunk()

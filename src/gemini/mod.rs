@@ -17,6 +17,8 @@ pub mod retry;
 pub mod watch;
 pub mod webhooks;
 
-pub use client::{ApiAnswer, ApiKey, ClientSettings, Download, GeminiClient, GeminiError, Interaction};
+pub use client::{
+    ApiAnswer, ApiKey, ClientSettings, Download, GeminiClient, GeminiError, Interaction,
+};
 pub use origin::{AllowedOrigins, ConfigError};
 pub use pointer::{Plan, PointerPolicy, ResourceKind, Unfollowable, Work};

@@ -268,8 +268,12 @@ impl WebhookService {
             let answer = self.client.call(Method::GET, &path, None).await?;
             let page: Fetched<Page> = self.parse("list", answer)?;
             for raw in page.value.webhooks {
-                let value = serde_json::from_value(raw.clone())
-                    .map_err(|source| WebhooksError::InvalidAnswer { call: "list", source })?;
+                let value = serde_json::from_value(raw.clone()).map_err(|source| {
+                    WebhooksError::InvalidAnswer {
+                        call: "list",
+                        source,
+                    }
+                })?;
                 all.push(Fetched { value, raw });
             }
             match page.value.next_page_token.filter(|t| !t.is_empty()) {
@@ -466,7 +470,10 @@ mod tests {
             json!({"new_signing_secret": "whsec_r"}),
         ] {
             let rotated: RotatedSecret = serde_json::from_value(body).unwrap();
-            assert_eq!(rotated.secret.as_ref().map(Redacted::expose), Some("whsec_r"));
+            assert_eq!(
+                rotated.secret.as_ref().map(Redacted::expose),
+                Some("whsec_r")
+            );
         }
     }
 
