@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::deliver::{Dispatcher, Handler, SinkSet};
+use crate::gemini::gcs::GcsReader;
 use crate::gemini::watch::WebhookWatch;
 use crate::gemini::webhooks::WebhookService;
 use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
@@ -283,15 +284,18 @@ pub fn build_worker(
         None => AllowedOrigins::new(&base_url, &settings.allowed_hosts)?,
     };
     let results = ResultsStore::open(&settings.results_dir, settings.results_url.as_deref())?;
+    // gs:// pointers are read with Cloud Storage credentials, as Google users configure them
+    // (GOOGLE_SERVICE_ACCOUNT, GOOGLE_APPLICATION_CREDENTIALS, ...); without any, dead-lettered.
+    let gcs = GcsReader::from_env();
     let follower = Follower {
         gemini,
         results,
         policy: PointerPolicy {
             allowed,
-            // Reading gs:// needs Cloud Storage credentials gemhook does not take yet.
-            follow_gcs: false,
+            follow_gcs: gcs.is_some(),
         },
         store: store.clone(),
+        gcs,
     };
     Ok(Worker::new(store, follower, settings.worker(), sinks))
 }

@@ -8,9 +8,12 @@
 //! - [`retry`]: pure; exponential backoff with full jitter, and `Retry-After`.
 //! - [`webhooks`]: the WebhookService client (`gemhook webhooks`), over [`client`].
 //! - [`watch`]: the watcher that reads the webhooks' states while `serve` runs.
+//! - [`batch`]: pure; where a fetched batch keeps its results (file or inline).
 //! - [`gcs`]: reading `gs://` pointers with Google Cloud Storage credentials.
 
+pub mod batch;
 pub mod client;
+pub mod gcs;
 pub mod origin;
 pub mod pointer;
 pub mod retry;
