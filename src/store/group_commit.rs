@@ -192,9 +192,19 @@ async fn write_isolating(
     // Ranges still to write, in order (a stack: the left half is written first).
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..batch.len());
+    let mut transient_retries = 0;
     while let Some(range) = todo.pop() {
         let part = &batch[range.clone()];
         match tokio::time::timeout(deadline, insert_batch(pool, part)).await {
+            // A deadlock or serialization failure says nothing about the rows: the same
+            // statement can succeed at once. Bounded, so a pathological case still ends in 503.
+            Ok(Err(sqlx::Error::Database(refused)))
+                if is_transient(refused.code().as_deref()) && transient_retries < 3 =>
+            {
+                transient_retries += 1;
+                tracing::warn!(rows = part.len(), error = %refused, "batch aborted by the database; retrying it");
+                todo.push(range);
+            }
             Ok(Ok(mut accepted)) => {
                 for pending in part {
                     // `remove`: when one batch holds two copies of an id, the first is the
@@ -228,6 +238,12 @@ async fn write_isolating(
     }
 }
 
+/// SQLSTATEs after which the same statement may simply be run again: serialization_failure
+/// and deadlock_detected.
+fn is_transient(code: Option<&str>) -> bool {
+    matches!(code, Some("40001" | "40P01"))
+}
+
 /// One statement for the whole batch: events (skipping known ids), their jobs, one wake-up.
 /// Returns the webhook ids that were new, with their job ids.
 async fn insert_batch(
@@ -254,8 +270,10 @@ async fn insert_batch(
         headers.push(event.headers.as_str());
         bodies.push(event.body.as_ref());
     }
-    // `WITH ORDINALITY` + `ORDER BY`: rows are inserted in arrival order, so within a batch the
-    // first copy of a duplicated id is the one stored.
+    // Rows are inserted in `webhook_id` order, the same order in every batch of every
+    // receiver: two batches that share ids (Gemini retrying a slow answer against another
+    // replica) then wait for each other's locks in one direction only and cannot deadlock. The
+    // ordinality breaks ties, so within a batch the first copy of a duplicated id is stored.
     let rows: Vec<(String, i64)> = sqlx::query_as(
         r#"
         WITH input AS (
@@ -269,7 +287,7 @@ async fn insert_batch(
                  body, altered)
             SELECT webhook_id, webhook_timestamp, event_type, resource_id, status, scheme,
                    headers::jsonb, body, altered
-            FROM input ORDER BY n
+            FROM input ORDER BY webhook_id, n
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING id, webhook_id
         ), new_jobs AS (

@@ -183,7 +183,11 @@ impl Worker {
                 if let (Some(bytes), false) = (result.size_bytes, reused) {
                     observe::downloaded(bytes.max(0) as u64);
                 }
-                tracing::info!(outcome = result.outcome, elapsed_ms, "job completed");
+                // Logged once the guarded finish says whether it counted: a job rescued and
+                // finished elsewhere must not be logged as completed twice.
+                if matches!(written, Ok(true)) {
+                    tracing::info!(outcome = result.outcome, elapsed_ms, "job completed");
+                }
                 written
             }
             Err(failure) => {
@@ -220,7 +224,10 @@ impl Worker {
         };
         match written {
             Ok(true) => {}
-            Ok(false) => tracing::warn!("job was no longer ours to finish (lease expired)"),
+            Ok(false) => tracing::warn!(
+                elapsed_ms,
+                "attempt ended but the job was no longer ours (its lease expired and it was rescued): this attempt's outcome was dropped"
+            ),
             // The lease will expire and the job will be rescued and run again.
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "recording the job's outcome failed")

@@ -70,25 +70,26 @@ impl Gemhook {
         let (address_tx, address_rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let out = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json["message"] == "gemhook listening"
-                {
-                    let _ = address_tx.send(json["addr"].as_str().unwrap().to_owned());
+        // Both streams go to one buffer; the logs (and so the "listening" line) are on stderr,
+        // what commands print (the banner) on stdout.
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let out = output.clone();
+            let address_tx = address_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                        && json["message"] == "gemhook listening"
+                    {
+                        let _ = address_tx.send(json["addr"].as_str().unwrap().to_owned());
+                    }
+                    out.lock().unwrap().push_str(&line);
+                    out.lock().unwrap().push('\n');
                 }
-                out.lock().unwrap().push_str(&line);
-                out.lock().unwrap().push('\n');
-            }
-        });
-        let err = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                err.lock().unwrap().push_str(&line);
-                err.lock().unwrap().push('\n');
-            }
-        });
+            });
+        }
         let address = address_rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("gemhook did not start: {}", output.lock().unwrap()));

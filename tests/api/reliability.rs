@@ -159,7 +159,11 @@ async fn very_large_or_very_many_headers_get_a_4xx_never_a_5xx() {
     let names: Vec<String> = (0..150).map(|n| format!("x-h{n}")).collect();
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
     let response = app.post_with_headers(&headers, "{}").await;
-    assert_eq!(response.status(), 400, "hyper refuses more than 100 headers as malformed");
+    assert!(
+        [400, 431].contains(&response.status().as_u16()),
+        "more than 100 headers: {}",
+        response.status()
+    );
 }
 
 }
@@ -244,4 +248,84 @@ async fn a_database_that_stops_answering_gets_a_503_within_the_ack_deadline() {
         assert_eq!(app.post_signed(&id, "{}").await.status(), 200, "recovered");
         drop(locker);
     }
+}
+
+/// Three receivers on one database with the same ids arriving at all of them at once, as
+/// Gemini's retries of a slow answer do: their batches used to insert shared ids in opposite
+/// orders and deadlock, and every delivery of an aborted batch got a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receivers_sharing_a_database_never_deadlock_on_shared_ids() {
+    crate::require_postgres!();
+    let db = TestDatabase::create().await;
+    let results = std::env::temp_dir().join(format!("gemhook-results-{}", db.name));
+    let settings = gemhook::config::Settings::from_figment(test_settings(&db, &results)).unwrap();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let app = gemhook::startup::Application::build(&settings, gemhook::startup::Role::Receiver)
+            .await
+            .unwrap();
+        urls.push(format!("http://127.0.0.1:{}/webhooks/gemini", app.port()));
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+    }
+    // Widen the window: every row takes 2 ms to insert, so batches of different receivers
+    // are certainly in flight together (without this the race needs a larger, slower load).
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    admin
+        .execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow_insert BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION slow_insert();",
+        )
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let body = batch_succeeded("shared");
+    let mut total = 0;
+    for round in 0..6 {
+        let ids: Vec<String> = (0..96).map(|_| unique_id()).collect();
+        total += ids.len();
+        let mut sends = Vec::new();
+        for (n, url) in urls.iter().enumerate() {
+            // Each receiver sees the ids in another order (ascending, descending, from the
+            // middle), so their batches take the same ids in opposite orders.
+            let mut order = ids.clone();
+            match n {
+                0 => {}
+                1 => order.reverse(),
+                _ => order.rotate_left(ids.len() / 2),
+            }
+            let _ = round;
+            for id in order {
+                let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                sends.push(async move {
+                    let timestamp = unix_now();
+                    client
+                        .post(&url)
+                        .header("webhook-id", &id)
+                        .header("webhook-timestamp", timestamp.to_string())
+                        .header(
+                            "webhook-signature",
+                            signature(SECRET, &id, timestamp, body.as_bytes()),
+                        )
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                });
+            }
+        }
+        let statuses = futures::future::join_all(sends).await;
+        let refused = statuses.iter().filter(|s| **s != 200).count();
+        assert_eq!(refused, 0, "round {round}: {statuses:?}");
+    }
+    let (events, jobs): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM jobs)")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!((events, jobs), (total as i64, total as i64));
+    let _ = std::fs::remove_dir_all(&results);
 }
