@@ -360,6 +360,16 @@ impl WebhookService {
         if answer.status.is_success() {
             return Ok(answer);
         }
+        if answer.status.is_redirection() {
+            // Not followed: the key goes to the API's origin only, and the API answers in place.
+            return Err(WebhooksError::Api {
+                status: answer.status.as_u16(),
+                google_status: None,
+                message:
+                    "a redirect, not followed (the API key is sent to the Gemini base URL only)"
+                        .to_owned(),
+            });
+        }
         let parsed: GoogleError = serde_json::from_slice(&answer.body).unwrap_or_default();
         let (message, google_status) = match parsed.error {
             Some(error) => (error.message, error.status),

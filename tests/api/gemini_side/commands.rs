@@ -298,7 +298,12 @@ async fn gemini_side_a_redirect_is_not_followed_so_the_key_never_leaves_the_api(
     let run = run(&service, &[], &["webhooks", "get", "moved"]).await;
 
     assert!(!run.success);
-    assert!(run.stderr.contains("302"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("Gemini answered 302: a redirect, not followed"),
+        "{}",
+        run.stderr
+    );
     assert!(
         foreign.requests().is_empty(),
         "the foreign host saw a request"
