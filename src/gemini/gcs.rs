@@ -100,7 +100,20 @@ impl GcsReader {
             vars.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             home.as_deref(),
         )
-        .then(GcsReader::default)
+        .then(|| {
+            let reader = GcsReader::default();
+            // A credentials file that cannot be read fails every gs:// job: say so at start,
+            // without stopping a worker whose other jobs are fine.
+            let check = reader.bucket("gemhook-credentials-check").map(|_| ());
+            reader.buckets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            if let Err(error) = check {
+                tracing::warn!(
+                    error = %crate::telemetry::error_chain(&error),
+                    "the Cloud Storage credentials cannot be used: gs:// pointers will be dead-lettered until they are fixed"
+                );
+            }
+            reader
+        })
     }
 
     fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, GcsError> {
