@@ -659,6 +659,25 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_watch_interval_may_be_zero_to_turn_it_off_but_not_above_a_day() {
+        let off = Settings::from_figment(base().merge(("webhook_watch_interval_secs", 0))).unwrap();
+        assert_eq!(off.webhook_watch_interval_secs, 0);
+        assert_eq!(
+            Settings::from_figment(base())
+                .unwrap()
+                .webhook_watch_interval_secs,
+            300
+        );
+        let message = Settings::from_figment(base().merge(("webhook_watch_interval_secs", 86_401)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("webhook_watch_interval_secs = 86401 is out of range"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_in_a_file_is_refused_with_the_nearest_known_name() {
         let dir = std::env::temp_dir().join(format!("gemhook-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
