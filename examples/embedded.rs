@@ -1,7 +1,8 @@
 //! Embedding gemhook as a library: the receiver and worker run as usual, and finished outcomes
 //! reach your own Rust code through a `Handler`, with the worker's retries and dead letters.
 //!
-//! Configuration (a file named by `GEMHOOK_CONFIG`) declares the sink that calls the handler:
+//! The sink that calls the handler is declared here in code when the configuration does not
+//! declare it (a file named by `GEMHOOK_CONFIG` may, to add a filter):
 //!
 //! ```toml
 //! [[sinks]]
@@ -11,12 +12,16 @@
 //! types = ["batch.*", "interaction.requires_action"]
 //! ```
 //!
-//! Run: `GEMHOOK_CONFIG=gemhook.toml GEMHOOK_DATABASE_URL=... cargo run --example embedded`
+//! Run: `cargo run --example embedded`, then, in another terminal, `gemhook send
+//! batch.failed` (the development secret, as for `gemhook serve`, is kept in ./data): the
+//! handler prints the outcome once the worker has finished the job. Events that need Gemini
+//! (batch.succeeded) need GEMINI_API_KEY, or `gemhook dev --gemini-only` as the base URL.
 
 use std::path::PathBuf;
 
 use gemhook::config::Settings;
-use gemhook::deliver::{BoxFuture, Handler, HandlerError, Outcome};
+use gemhook::deliver::sinks::HandlerSinkConfig;
+use gemhook::deliver::{BoxFuture, Filter, Handler, HandlerError, Outcome, SinkConfig};
 
 /// Resumes the application's workflow when Gemini's job is done. Here it prints one JSON line
 /// per outcome; a real one would update a database row or wake a waiting task.
@@ -41,8 +46,25 @@ impl Handler for ResumeWorkflow {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = std::env::var_os("GEMHOOK_CONFIG").map(PathBuf::from);
-    let settings = Settings::load(config.as_deref())?;
+    let mut settings = Settings::load(config.as_deref())?;
     gemhook::telemetry::init(settings.log_format);
+    if !settings.sinks.iter().any(|sink| sink.name() == "workflow") {
+        settings.sinks.push(SinkConfig::Handler(HandlerSinkConfig {
+            name: "workflow".into(),
+            inline_max_bytes: 64 * 1024,
+            timeout_secs: 10,
+            filter: Filter::default(),
+        }));
+    }
+    if let Some(dev) = gemhook::dev_secret::apply(&mut settings, || {
+        gemhook::send::generate_secret(32).unwrap_or_default()
+    })? {
+        println!(
+            "development webhook secret: {} (in {})",
+            dev.secret,
+            dev.path.display()
+        );
+    }
     let app = gemhook::Server::new(settings)
         .handler("workflow", ResumeWorkflow)
         .build()

@@ -30,6 +30,11 @@ pub struct Cli {
     /// A TOML file layered over the built-in defaults (environment variables override both).
     #[arg(long, global = true, env = "GEMHOOK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Create the embedded SQLite database when it does not exist yet (`serve`, `migrate` and
+    /// `dev` always do); without it, other commands refuse, so that one run from the wrong
+    /// directory does not silently read a new, empty database.
+    #[arg(long, global = true)]
+    pub create: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -162,6 +167,14 @@ pub enum DeliveriesCommand {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// One delivery: its sink, state and attempts, the delivery id and outcome it sends, and
+    /// every failed attempt's answer (status and the start of the body, or the error).
+    Show {
+        delivery_id: i64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-queue a delivery, or every discarded one with --discarded.
     Retry {
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
@@ -223,8 +236,26 @@ pub enum EventsCommand {
     /// Everything stored about one event, the raw body included.
     Show {
         webhook_id: String,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Follow new deliveries as they are stored, with how each was filed (accepted, ignored,
+    /// unparseable), its signing scheme and its job's state, until interrupted. Refused
+    /// deliveries (401, 400) are never stored and so never shown: see the logs for those.
+    Tail {
+        /// One JSON object per line (NDJSON) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// How often to look for new events, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// Stop after this many events (for scripts); unset, follow until interrupted.
+        #[arg(long)]
+        count: Option<u64>,
     },
 }
 
@@ -260,7 +291,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(cli.config.as_deref(), json),
-        command => run_configured(cli.config.as_deref(), command).await,
+        command => run_configured(cli.config.as_deref(), cli.create, command).await,
     }
 }
 
@@ -287,8 +318,13 @@ fn config_check(file: Option<&std::path::Path>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn run_configured(config: Option<&std::path::Path>, command: Command) -> anyhow::Result<()> {
-    let settings = Settings::load(config).context("invalid configuration")?;
+async fn run_configured(
+    config: Option<&std::path::Path>,
+    create: bool,
+    command: Command,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config).context("invalid configuration")?;
+    settings.create_database = create || matches!(command, Command::Migrate);
     telemetry::init(settings.log_format);
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
@@ -373,11 +409,14 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     let dev_secret = if role.receives() {
-        project_secret_or_dev(&mut settings)?
+        crate::dev_secret::apply(&mut settings, || {
+            crate::send::generate_secret(32).unwrap_or_default()
+        })?
     } else {
         None
     };
     let database_url = settings.database_url()?.to_owned();
+    let creates_database = crate::store::sqlite_file(&database_url).is_some_and(|f| !f.exists());
     if database_url.starts_with("sqlite:") && in_container() {
         tracing::warn!(
             database = %database_url,
@@ -387,42 +426,10 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
     let app = Application::build(&settings, role)
         .await
         .context("starting gemhook")?;
-    print_banner(&settings, &app, role, dev_secret.as_ref());
+    print_banner(&settings, &app, role, creates_database, dev_secret.as_ref());
     app.run_until_stopped(startup::shutdown_signal())
         .await
         .context("serving HTTP")
-}
-
-/// The development secret, when the receiver has no project secret and listens on loopback
-/// only; refuses a public address without one (every project webhook would get 401) unless
-/// the operator said that only dynamic, JWKS-signed webhooks are expected.
-fn project_secret_or_dev(
-    settings: &mut Settings,
-) -> anyhow::Result<Option<(String, std::path::PathBuf, bool)>> {
-    if !settings.webhook_secrets.is_empty() {
-        return Ok(None);
-    }
-    if !settings.listen.ip().is_loopback() {
-        if settings.dynamic_webhooks_only {
-            return Ok(None);
-        }
-        anyhow::bail!(
-            "no webhook secret is configured and {} is not a loopback address, so every project webhook would be refused (401): set GEMHOOK_WEBHOOK_SECRETS to the webhook's signing secret (`gemhook webhooks create` or Google's console shows it), or set GEMHOOK_DYNAMIC_WEBHOOKS_ONLY=true if only per-job webhooks signed with Google's keys are expected",
-            settings.listen
-        );
-    }
-    let path = crate::dev_secret::path_for(settings.database_url()?);
-    let (secret, created) = crate::dev_secret::load_or_create(&path, || {
-        crate::send::generate_secret(32).unwrap_or_default()
-    })
-    .with_context(|| {
-        format!(
-            "keeping the development webhook secret in {}",
-            path.display()
-        )
-    })?;
-    settings.webhook_secrets = vec![crate::config::Redacted::new(secret.clone())];
-    Ok(Some((secret, path, created)))
 }
 
 /// Whether this looks like a container (Docker, Kubernetes, Cloud Run), where a file outside
@@ -439,7 +446,8 @@ fn print_banner(
     settings: &Settings,
     app: &Application,
     role: Role,
-    dev_secret: Option<&(String, std::path::PathBuf, bool)>,
+    created_database: bool,
+    dev_secret: Option<&crate::dev_secret::DevSecret>,
 ) {
     let address = app.local_addr();
     let database = settings
@@ -450,12 +458,14 @@ fn print_banner(
     if role.receives() {
         println!("  webhook   http://{address}{}", crate::http::WEBHOOK_PATH);
     }
-    println!("  database  {database}");
-    if let Some((secret, path, created)) = dev_secret {
-        let how = if *created { "created" } else { "kept" };
+    let created = if created_database { "  (created)" } else { "" };
+    println!("  database  {database}{created}");
+    if let Some(dev) = dev_secret {
+        let how = if dev.created { "created" } else { "kept" };
         println!(
-            "  secret    {secret}  (development secret, {how} in {})",
-            path.display()
+            "  secret    {}  (development secret, {how} in {})",
+            dev.secret,
+            dev.path.display()
         );
         println!("  try it    gemhook send batch.succeeded");
     }
@@ -486,6 +496,12 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
                 print_event_table(&events);
             }
         }
+        EventsCommand::Tail {
+            json,
+            event_type,
+            interval_ms,
+            count,
+        } => tail_events(&store, event_type, interval_ms, count, json).await?,
         EventsCommand::Show { webhook_id, json } => {
             let event = store
                 .find_event(&webhook_id)
@@ -500,6 +516,64 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Polls for events received since the last one shown; prints each once, oldest first.
+async fn tail_events(
+    store: &crate::store::Store,
+    event_type: Option<String>,
+    interval_ms: u64,
+    count: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    // From now: what is already stored is `events list`'s business.
+    let mut since = Utc::now();
+    let mut shown: HashSet<String> = HashSet::new();
+    let mut printed = 0u64;
+    if !json {
+        eprintln!("following new events (Ctrl-C to stop)");
+    }
+    loop {
+        let filter = EventFilter {
+            event_type: event_type.clone(),
+            status: None,
+            since: Some(since),
+        };
+        let mut events = store
+            .list_events(&filter, 500)
+            .await
+            .context("listing events")?;
+        events.reverse();
+        for event in events {
+            if !shown.insert(event.webhook_id.clone()) {
+                continue;
+            }
+            // Rows committed out of order may carry a slightly older time: look back a little.
+            since = since.max(event.received_at - chrono::Duration::seconds(2));
+            if json {
+                println!("{}", serde_json::to_string(&event)?);
+            } else {
+                println!(
+                    "{}  {:<40} {:<28} {:<11} {:<4} job {}",
+                    event.received_at.format("%H:%M:%S%.3f"),
+                    event.webhook_id,
+                    event.event_type.as_deref().unwrap_or("-"),
+                    event.status,
+                    event.scheme,
+                    event.job_state.as_deref().unwrap_or("-"),
+                );
+            }
+            printed += 1;
+            if count.is_some_and(|count| printed >= count) {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(interval_ms.max(10))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
@@ -646,6 +720,48 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
                         d.last_error.as_deref().unwrap_or("")
                     );
                 }
+            }
+        }
+        DeliveriesCommand::Show { delivery_id, json } => {
+            let record = store
+                .find_delivery(delivery_id)
+                .await
+                .context("reading the delivery")?
+                .with_context(|| format!("no delivery with id {delivery_id}"))?;
+            let sent_as = crate::deliver::Dispatcher::outgoing_id(
+                &record.summary.webhook_id,
+                record.revision,
+                &record.summary.sink,
+            );
+            if json {
+                let mut value = serde_json::to_value(&record)?;
+                value["delivery_id"] = serde_json::Value::String(sent_as);
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let d = &record.summary;
+                println!(
+                    "delivery     {} (sent as webhook-id / Nats-Msg-Id {sent_as})",
+                    d.id
+                );
+                println!("event        {}", d.webhook_id);
+                println!("sink         {}", d.sink);
+                println!("state        {} after {} attempt(s)", d.state, d.attempt);
+                println!("scheduled    {}", d.scheduled_at);
+                if let Some(done) = d.finalized_at {
+                    println!("finalized    {done}");
+                }
+                let attempts = record.errors.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                println!("failed attempts: {}", attempts.len());
+                for attempt in attempts {
+                    println!(
+                        "  #{} at {}: {}",
+                        attempt["attempt"],
+                        attempt["at"].as_str().unwrap_or("?"),
+                        attempt["error"].as_str().unwrap_or("?")
+                    );
+                }
+                println!("outcome sent:");
+                println!("{}", serde_json::to_string_pretty(&record.outcome)?);
             }
         }
         DeliveriesCommand::Retry { delivery_id, .. } => {

@@ -191,6 +191,10 @@ pub struct Settings {
     /// to log once logging is up.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Whether a CLI command may create the embedded database when it is missing (`--create`;
+    /// `serve` and `migrate` always may). Not a setting: a per-invocation choice.
+    #[serde(skip)]
+    pub create_database: bool,
 }
 
 /// `GEMHOOK_*` variables that are not settings: read by commands themselves, by the tests or

@@ -8,7 +8,65 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::DEFAULT_DATABASE_URL;
+use crate::config::{ConfigError, DEFAULT_DATABASE_URL, Redacted, Settings};
+
+/// The development secret in use, for the start-up banner.
+#[derive(Debug, Clone)]
+pub struct DevSecret {
+    pub secret: String,
+    pub path: PathBuf,
+    /// Created by this start (else kept from an earlier one).
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevSecretError {
+    #[error(
+        "no webhook secret is configured and {listen} is not a loopback address, so every project webhook would be refused (401): set GEMHOOK_WEBHOOK_SECRETS to the webhook's signing secret, or set GEMHOOK_DYNAMIC_WEBHOOKS_ONLY=true if only per-job webhooks signed with Google's keys are expected"
+    )]
+    PublicWithoutSecret { listen: std::net::SocketAddr },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the development webhook secret could not be kept in {}", path.display())]
+    Keep {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Puts the development secret into `settings` when the receiver has no project secret and
+/// listens on loopback only; refuses a public address without one (every project webhook
+/// would get 401) unless the operator said only dynamic, JWKS-signed webhooks are expected.
+/// `generate` makes a fresh `whsec_` (the tools own that).
+pub fn apply(
+    settings: &mut Settings,
+    generate: impl FnOnce() -> String,
+) -> Result<Option<DevSecret>, DevSecretError> {
+    if !settings.webhook_secrets.is_empty() {
+        return Ok(None);
+    }
+    if !settings.listen.ip().is_loopback() {
+        if settings.dynamic_webhooks_only {
+            return Ok(None);
+        }
+        return Err(DevSecretError::PublicWithoutSecret {
+            listen: settings.listen,
+        });
+    }
+    let path = path_for(settings.database_url()?);
+    let (secret, created) =
+        load_or_create(&path, generate).map_err(|source| DevSecretError::Keep {
+            path: path.clone(),
+            source,
+        })?;
+    settings.webhook_secrets = vec![Redacted::new(secret.clone())];
+    Ok(Some(DevSecret {
+        secret,
+        path,
+        created,
+    }))
+}
 
 /// The file's name, in the embedded database's folder.
 const FILE_NAME: &str = "dev-webhook-secret";

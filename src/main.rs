@@ -12,7 +12,10 @@ async fn main() -> ExitCode {
     match gemhook::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each cause once (see `join_causes`), not anyhow's "{:#}", which repeats them.
+            let causes = error.chain().skip(1).map(ToString::to_string);
+            let text = gemhook::telemetry::join_causes(error.to_string(), causes);
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }

@@ -59,6 +59,11 @@ pub enum StartupError {
     Sinks(#[from] crate::deliver::SinkConfigError),
     #[error("the HTTP client could not be built")]
     HttpClient(#[source] reqwest::Error),
+    #[error(
+        "no database at {} (the default, sqlite://./data/gemhook.db, is relative to the current directory): run this where `gemhook serve` runs, set GEMHOOK_DATABASE_URL, or pass --create to start an empty one",
+        path.display()
+    )]
+    NoDatabase { path: std::path::PathBuf },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -344,13 +349,26 @@ fn jwks_cache(settings: &Settings) -> Result<JwksCache, StartupError> {
     Ok(cache)
 }
 
-/// The store for a CLI command. The embedded SQLite file is created and migrated on first use,
-/// so every command works on a fresh machine; Postgres is migrated only by `serve` and
-/// `migrate` (a deploy step may own that).
+/// The store for a CLI command. An embedded SQLite file that does not exist yet is created
+/// (and said so on stderr) only when `settings.create_database` is set: a command run from another directory
+/// would otherwise read a new, empty database and report nothing. Postgres is migrated only by
+/// `serve` and `migrate` (a deploy step may own that); a server that cannot be reached is
+/// reported with the reason.
 pub async fn open(settings: &Settings) -> Result<Store, StartupError> {
+    let url = settings.database_url()?;
+    if let Some(file) = crate::store::sqlite_file(url) {
+        if !file.exists() {
+            let shown = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
+            if !settings.create_database {
+                return Err(StartupError::NoDatabase { path: shown });
+            }
+            eprintln!("created a new database at {}", shown.display());
+        }
+    }
     let store = connect(settings)?;
-    if matches!(store, Store::Sqlite(_)) {
-        store.migrate().await?;
+    match store {
+        Store::Sqlite(_) => store.migrate().await?,
+        Store::Postgres(_) => store.check_connection().await?,
     }
     Ok(store)
 }

@@ -37,12 +37,48 @@ pub fn init(format: LogFormat) {
 
 /// An error and its causes, one line: "outer: inner: innermost".
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+    let mut causes = Vec::new();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        causes.push(cause.to_string());
         source = cause.source();
     }
+    join_causes(error.to_string(), causes)
+}
+
+/// Joins an error's text and its causes' with ": ", saying each thing once: many libraries
+/// repeat their source's text in their own (sqlx: "error returned from database: (code: 14)
+/// unable to open database file", whose source says "(code: 14) unable to open database
+/// file" again), so a cause already contained in the text so far is left out.
+pub fn join_causes(first: String, causes: impl IntoIterator<Item = String>) -> String {
+    let mut text = first;
+    for cause in causes {
+        if cause.is_empty() || text.contains(cause.as_str()) {
+            continue;
+        }
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated() {
+        let joined = join_causes(
+            "listing events".into(),
+            [
+                "error returned from database: (code: 14) unable to open database file".into(),
+                "(code: 14) unable to open database file".into(),
+                "the folder is read-only".into(),
+            ],
+        );
+        assert_eq!(
+            joined,
+            "listing events: error returned from database: (code: 14) unable to open database file: the folder is read-only"
+        );
+    }
 }

@@ -56,11 +56,16 @@ impl Dispatcher {
     /// The outgoing `webhook-id` / `Nats-Msg-Id`: stable for every retry of this delivery, and
     /// new when a replay rewrites the outcome (so the application sees the new outcome).
     pub fn delivery_id(delivery: &ClaimedDelivery) -> String {
-        if delivery.revision <= 1 {
-            delivery_id(&delivery.webhook_id, &delivery.sink)
+        Self::outgoing_id(&delivery.webhook_id, delivery.revision, &delivery.sink)
+    }
+
+    /// [`Self::delivery_id`] from its parts (for `gemhook deliveries show`).
+    pub fn outgoing_id(webhook_id: &str, revision: i32, sink: &str) -> String {
+        if revision <= 1 {
+            delivery_id(webhook_id, sink)
         } else {
-            let key = format!("{}#{}", delivery.webhook_id, delivery.revision);
-            delivery_id(&key, &delivery.sink)
+            let key = format!("{webhook_id}#{revision}");
+            delivery_id(&key, sink)
         }
     }
 

@@ -27,7 +27,7 @@ use crate::verify::Scheme;
 
 pub use group_commit::BatchLimits;
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, file_of as sqlite_file};
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -67,6 +67,18 @@ pub enum StoreError {
     Batch(#[source] Arc<sqlx::Error>),
     #[error("the group-commit writer has stopped")]
     WriterStopped,
+    #[error("cannot open or create the SQLite database at {}", path.display())]
+    SqliteFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the database did not answer within {}ms (ack_deadline_ms)", .0.as_millis())]
     Deadline(Duration),
 }
@@ -180,6 +192,31 @@ impl Store {
         match self {
             Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, limits)),
             Store::Sqlite(s) => Store::Sqlite(s),
+        }
+    }
+
+    /// Connects once, directly, with the pool's options: the pool reports only "timed out"
+    /// when it cannot connect, this says why (refused, unknown host, authentication).
+    pub async fn check_connection(&self) -> Result<(), StoreError> {
+        use sqlx::ConnectOptions as _;
+        use sqlx::Connection as _;
+        match self {
+            Store::Postgres(s) => {
+                let options = s.pool().connect_options();
+                let target = format!(
+                    "{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("postgres")
+                );
+                let connection = options
+                    .connect()
+                    .await
+                    .map_err(|source| StoreError::Connect { target, source })?;
+                let _ = connection.close().await;
+                Ok(())
+            }
+            Store::Sqlite(_) => Ok(()),
         }
     }
 
@@ -630,6 +667,19 @@ pub struct DeliverySummary {
     pub last_error: Option<String>,
 }
 
+/// Everything about one delivery: `gemhook deliveries show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRecord {
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    /// The outcome's revision (bumped by a replay); part of the outgoing delivery id.
+    pub revision: i32,
+    /// One object per failed attempt: {"attempt", "at", "error", "retryable"}.
+    pub errors: serde_json::Value,
+    /// The outcome JSON the sink is sent.
+    pub outcome: serde_json::Value,
+}
+
 impl Store {
     pub async fn claim_deliveries(
         &self,
@@ -676,12 +726,36 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         match self {
-            Store::Postgres(s) => s.list_deliveries(state, limit).await,
-            Store::Sqlite(s) => s.list_deliveries(state, limit).await,
+            Store::Postgres(s) => s.list_deliveries(state, None, limit).await,
+            Store::Sqlite(s) => s.list_deliveries(state, None, limit).await,
         }
     }
 
     /// Re-queues one delivery (`Some(id)`) or every discarded one (`None`); returns how many.
+    /// One delivery with every attempt's error and the outcome it sends.
+    pub async fn find_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
+        let (summary, detail) = match self {
+            Store::Postgres(s) => (
+                s.list_deliveries(None, Some(id), 1).await?,
+                s.delivery_detail(id).await?,
+            ),
+            Store::Sqlite(s) => (
+                s.list_deliveries(None, Some(id), 1).await?,
+                s.delivery_detail(id).await?,
+            ),
+        };
+        Ok(summary
+            .into_iter()
+            .next()
+            .zip(detail)
+            .map(|(summary, (errors, outcome, revision))| DeliveryRecord {
+                summary,
+                revision,
+                errors,
+                outcome,
+            }))
+    }
+
     pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(s) => s.requeue_deliveries(id).await,

@@ -95,6 +95,7 @@ impl PgStore {
     pub async fn list_deliveries(
         &self,
         state: Option<&str>,
+        id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         let rows = sqlx::query(
@@ -102,11 +103,12 @@ impl PgStore {
                     d.finalized_at, d.errors -> -1 ->> 'error' AS last_error
              FROM deliveries d JOIN outcomes o ON o.id = d.outcome_id
              JOIN events e ON e.id = o.event_id
-             WHERE ($1::text IS NULL OR d.state = $1)
+             WHERE ($1::text IS NULL OR d.state = $1) AND ($3::int8 IS NULL OR d.id = $3)
              ORDER BY d.id DESC LIMIT $2",
         )
         .bind(state)
         .bind(limit)
+        .bind(id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -123,6 +125,20 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    /// Every attempt's error, the outcome as sent, and its revision.
+    pub async fn delivery_detail(
+        &self,
+        id: i64,
+    ) -> Result<Option<(serde_json::Value, serde_json::Value, i32)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT d.errors, o.body, o.revision FROM deliveries d
+             JOIN outcomes o ON o.id = d.outcome_id WHERE d.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {

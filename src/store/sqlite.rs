@@ -83,11 +83,23 @@ impl SqliteStore {
                 "the sqlite URL names no file".into(),
             )));
         }
-        if let Some(folder) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !is_in_memory(url) {
-                std::fs::create_dir_all(folder)
-                    .map_err(|error| StoreError::Database(sqlx::Error::Io(error)))?;
+        if !is_in_memory(url) {
+            if let Some(folder) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(folder).map_err(|source| StoreError::SqliteFile {
+                    path: folder.to_owned(),
+                    source,
+                })?;
             }
+            // Opened here, not at the first statement, so that a read-only folder or file is
+            // reported with its path (SQLite itself says only "unable to open database file").
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .map_err(|source| StoreError::SqliteFile {
+                    path: file.to_owned(),
+                    source,
+                })?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
@@ -315,6 +327,17 @@ fn is_busy(error: &dyn sqlx::error::DatabaseError) -> bool {
         .code()
         .and_then(|code| code.parse::<i32>().ok())
         .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
+/// The file a `sqlite:` URL names, when it names one (not an in-memory database).
+pub fn file_of(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || is_in_memory(url) {
+        return None;
+    }
+    SqliteConnectOptions::from_str(url)
+        .ok()
+        .map(|options| options.get_filename().to_owned())
+        .filter(|path| !path.as_os_str().is_empty())
 }
 
 fn is_in_memory(url: &str) -> bool {

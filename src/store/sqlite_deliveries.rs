@@ -129,6 +129,7 @@ impl SqliteStore {
     pub async fn list_deliveries(
         &self,
         state: Option<&str>,
+        id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         let rows = sqlx::query(
@@ -136,12 +137,13 @@ impl SqliteStore {
                     d.finalized_at, json_extract(d.errors, '$[#-1].error') AS last_error
              FROM deliveries d JOIN outcomes o ON o.id = d.outcome_id
              JOIN events e ON e.id = o.event_id
-             WHERE (?1 IS NULL OR d.state = ?1)
+             WHERE (?1 IS NULL OR d.state = ?1) AND (?3 IS NULL OR d.id = ?3)
              ORDER BY d.id DESC LIMIT ?2",
         )
         .bind(state)
         // SQLite reads a negative LIMIT as "no limit".
         .bind(limit.max(0))
+        .bind(id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -158,6 +160,28 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+
+    /// Every attempt's error, the outcome as sent, and its revision.
+    pub async fn delivery_detail(
+        &self,
+        id: i64,
+    ) -> Result<Option<(serde_json::Value, serde_json::Value, i32)>, StoreError> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT d.errors, o.body, o.revision FROM deliveries d
+             JOIN outcomes o ON o.id = d.outcome_id WHERE d.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(errors, outcome, revision)| {
+            let json = |text: &str| {
+                serde_json::from_str(text)
+                    .map_err(|e| StoreError::Database(sqlx::Error::Decode(e.into())))
+            };
+            Ok((json(&errors)?, json(&outcome)?, revision as i32))
+        })
+        .transpose()
     }
 
     pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
@@ -405,7 +429,7 @@ mod tests {
                 .unwrap()
         );
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store.list_deliveries(None, None, 10).await.unwrap();
         assert_eq!(listed[0].state, "completed");
         assert!(listed[0].finalized_at.is_some());
         assert_eq!(listed[0].last_error, None);
@@ -423,7 +447,10 @@ mod tests {
             .unwrap();
 
         assert!(retried);
-        let listed = store.list_deliveries(Some("retryable"), 10).await.unwrap();
+        let listed = store
+            .list_deliveries(Some("retryable"), None, 10)
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].last_error.as_deref(), Some("app answered 502"));
         let due = listed[0].scheduled_at - Utc::now();
@@ -458,7 +485,10 @@ mod tests {
                 .unwrap()
         );
 
-        let dead = store.list_deliveries(Some("discarded"), 10).await.unwrap();
+        let dead = store
+            .list_deliveries(Some("discarded"), None, 10)
+            .await
+            .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].last_error.as_deref(), Some("app answered 410"));
         assert_eq!(
@@ -501,7 +531,7 @@ mod tests {
 
         assert_eq!(store.rescue_expired_deliveries(5).await.unwrap(), 1);
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store.list_deliveries(None, None, 10).await.unwrap();
         assert_eq!(listed[0].state, "retryable");
         assert_eq!(
             listed[0].last_error.as_deref(),
@@ -535,7 +565,7 @@ mod tests {
 
         assert_eq!(store.rescue_expired_deliveries(1).await.unwrap(), 1);
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store.list_deliveries(None, None, 10).await.unwrap();
         assert_eq!(listed[0].state, "discarded");
         assert!(listed[0].finalized_at.is_some());
     }

@@ -4,6 +4,10 @@
 use crate::helpers::*;
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn while_the_database_refuses_connections_deliveries_get_503_and_afterwards_200_without_a_restart()
  {
     crate::require_postgres!();

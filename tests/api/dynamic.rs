@@ -142,6 +142,10 @@ impl TestApp {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a() {
     crate::require_postgres!();
     let (first, second) = (new_key(), new_key());
@@ -159,6 +163,10 @@ async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
@@ -175,6 +183,10 @@ async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_v1a_delivery_over_a_changed_body_is_refused() {
     crate::require_postgres!();
     let key = new_key();
@@ -192,6 +204,10 @@ async fn a_v1a_delivery_over_a_changed_body_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
     crate::require_postgres!();
     let key = new_key();
@@ -212,6 +228,10 @@ async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
@@ -230,6 +250,10 @@ async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
@@ -253,6 +277,10 @@ async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
     crate::require_postgres!();
     let key = new_key();
@@ -275,6 +303,10 @@ async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_whpk_key_from_configuration_verifies_without_any_jwks() {
     crate::require_postgres!();
     let key = new_key();
@@ -304,6 +336,10 @@ async fn post_jwt(app: &TestApp, token: &str) -> (u16, String) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kids_key() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
@@ -330,6 +366,10 @@ async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kid
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
@@ -357,6 +397,10 @@ async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_valid_jwt_is_refused_when_jwt_acceptance_is_turned_off() {
     crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;

@@ -85,6 +85,10 @@ pub fn event(event_type: &str, data: Value) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_library_verifies_it() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -124,6 +128,10 @@ async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_librar
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -178,6 +186,10 @@ async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match()
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -224,9 +236,39 @@ async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
     .await
     .unwrap();
     assert_eq!(state, ("completed".into(), 2));
+
+    // `deliveries show`: what was sent, under which id, and the answer of the failed attempt.
+    let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let shown = crate::process::gemhook_command(&[("GEMHOOK_DATABASE_URL", &app.db.url)])
+        .args(["deliveries", "show", &delivery_id.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["delivery_id"], received[0].0.as_str());
+    assert_eq!(shown["outcome"]["webhook_id"], id.as_str());
+    let failed = shown["errors"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("503"),
+        "{}",
+        failed[0]
+    );
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_is_retried() {
     crate::require_postgres!();
     let prefix = format!("gemhooktest{}", uuid::Uuid::new_v4().simple());
@@ -274,22 +316,20 @@ async fn jetstream_holds_exactly_one_message_per_outcome_even_when_the_publish_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     crate::require_postgres!();
+    // No configuration file: the README's `cargo run --example embedded`, as it is written.
     let db = TestDatabase::create().await;
-    let config = std::env::temp_dir().join(format!("gemhook-example-{}.toml", db.name));
-    std::fs::write(
-        &config,
-        "[[sinks]]\nname = \"workflow\"\nkind = \"handler\"\n[sinks.filter]\ntypes = [\"batch.*\"]\n",
-    )
-    .unwrap();
     let results = std::env::temp_dir().join(format!("gemhook-example-results-{}", db.name));
     let example = example_binary("embedded");
     let (mut running, address) = Gemhook::start_program(
         &example,
         &[],
         &[
-            ("GEMHOOK_CONFIG", config.to_str().unwrap()),
             ("GEMHOOK_DATABASE_URL", &db.url),
             ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
             ("GEMHOOK_DYNAMIC_WEBHOOKS", "false"),
@@ -328,7 +368,6 @@ async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     }
     running.terminate();
     assert!(running.wait_success());
-    let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_dir_all(&results);
 
     let handled = handled.expect("the example's handler saw the outcome");

@@ -103,6 +103,7 @@ macro_rules! on_both_backends {
             async fn scenario() $body
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(gemhook_postgres_tests), ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL")]
             async fn postgres() {
                 if $crate::helpers::postgres_available() {
                     $crate::helpers::BACKEND

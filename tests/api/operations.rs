@@ -50,6 +50,10 @@ async fn post(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn metrics_count_a_known_sequence_of_deliveries_and_jobs() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -161,6 +165,10 @@ async fn metrics_count_a_known_sequence_of_deliveries_and_jobs() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn readiness_shows_the_backlog_age() {
     crate::require_postgres!();
     let app = spawn_app().await;
@@ -223,6 +231,10 @@ async fn remaining(app: &TestApp, ids: &[String]) -> Vec<bool> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn pruning_deletes_old_finished_events_and_keeps_the_young_the_running_and_the_dead_letters()
 {
     crate::require_postgres!();
@@ -262,6 +274,10 @@ async fn pruning_deletes_old_finished_events_and_keeps_the_young_the_running_and
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn retention_shorter_than_two_days_is_refused() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;
@@ -284,6 +300,10 @@ async fn retention_shorter_than_two_days_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn the_background_pruner_removes_old_finished_events() {
     crate::require_postgres!();
     let app = spawn_app_with(|f| f.merge(("prune_interval_secs", 1))).await;
@@ -301,6 +321,10 @@ async fn the_background_pruner_removes_old_finished_events() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn events_jobs_and_stats_can_be_filtered_and_summarised() {
     crate::require_postgres!();
     let app = spawn_app().await;

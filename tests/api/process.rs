@@ -179,6 +179,10 @@ fn an_empty_secret_stops_start_up() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn secrets_and_signatures_never_appear_in_the_logs() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;
@@ -225,6 +229,10 @@ async fn secrets_and_signatures_never_appear_in_the_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_zero() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;
@@ -274,6 +282,10 @@ async fn sigterm_lets_an_in_flight_delivery_finish_then_exits_zero() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn events_list_and_show_print_what_was_stored() {
     crate::require_postgres!();
     let app = spawn_app().await;
@@ -319,6 +331,10 @@ async fn events_list_and_show_print_what_was_stored() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn migrate_applies_the_schema_and_exits() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;

@@ -171,6 +171,10 @@ async fn very_large_or_very_many_headers_get_a_4xx_never_a_5xx() {
 /// A row the database refuses (here by a trigger, the stand-in for any per-row failure) fails
 /// only its own delivery, never the others sharing its group-commit batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn one_refused_row_does_not_fail_the_deliveries_batched_with_it() {
     crate::require_postgres!();
     let app = spawn_app().await;
@@ -214,6 +218,10 @@ async fn one_refused_row_does_not_fail_the_deliveries_batched_with_it() {
 /// A database that stops answering (a lock held on the table stands in for a frozen server)
 /// gets Gemini a 503 within the ack deadline, on the group-commit path and the single one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_database_that_stops_answering_gets_a_503_within_the_ack_deadline() {
     crate::require_postgres!();
     for writers in [1, 0] {
@@ -254,6 +262,10 @@ async fn a_database_that_stops_answering_gets_a_503_within_the_ack_deadline() {
 /// Gemini's retries of a slow answer do: their batches used to insert shared ids in opposite
 /// orders and deadlock, and every delivery of an aborted batch got a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn receivers_sharing_a_database_never_deadlock_on_shared_ids() {
     crate::require_postgres!();
     let db = TestDatabase::create().await;

@@ -423,6 +423,10 @@ async fn graceful_shutdown_releases_a_running_job_for_another_worker() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_429_with_retry_after_schedules_the_retry_no_earlier_than_asked() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -444,6 +448,10 @@ async fn a_429_with_retry_after_schedules_the_retry_no_earlier_than_asked() {
     assert!((115.0..=121.0).contains(&wait), "retry in {wait} s");
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_worker_killed_mid_download_leaves_no_partial_result_and_another_finishes_the_job() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
@@ -499,6 +507,10 @@ async fn a_worker_killed_mid_download_leaves_no_partial_result_and_another_finis
     );
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
 async fn a_200_mb_download_streams_through_a_worker_process_in_bounded_memory() {
     crate::require_postgres!();
     let gemini = GeminiStandIn::start().await;
