@@ -39,6 +39,38 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` documents every option and argument of every command.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "gemhook", &mut missing);
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print every key's effective value (secrets redacted)
@@ -54,6 +86,7 @@ pub enum ConfigCommand {
 pub enum Command {
     /// Run the receiver and/or the worker until SIGTERM or SIGINT.
     Serve {
+        /// Which parts run: the receiver, the worker, or both.
         #[arg(long, value_enum, default_value = "all")]
         role: Role,
     },
@@ -70,7 +103,10 @@ pub enum Command {
         command: JobsCommand,
     },
     /// Process a stored event again: its job is re-queued.
-    Replay { webhook_id: String },
+    Replay {
+        /// The event's webhook-id, as `events list` shows it.
+        webhook_id: String,
+    },
     /// Explain whether a captured delivery verifies against the configured secrets and keys
     /// (a file from `events show --json`, a raw HTTP request, or `-` for stdin).
     Verify(crate::capture::VerifyArgs),
@@ -81,6 +117,7 @@ pub enum Command {
     },
     /// The queue at a glance: jobs by state, the backlog's age, why jobs were dead-lettered.
     Stats {
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -128,6 +165,7 @@ pub enum Command {
 pub enum JobsCommand {
     /// The newest jobs first.
     List {
+        /// Only jobs in this state.
         #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded", "cancelled"])]
         state: Option<String>,
         /// Only jobs of this event type.
@@ -136,21 +174,27 @@ pub enum JobsCommand {
         /// Only jobs created since then: an age (1h, 2d) or an RFC 3339 time.
         #[arg(long, value_parser = parse_since)]
         since: Option<DateTime<Utc>>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// How many at most.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// One job: every attempt's error, its lease and its result.
     Show {
+        /// The job's id, as `jobs list` shows it.
         job_id: i64,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Re-queue a job (attempts start again), or every discarded job with --discarded.
     Retry {
+        /// The job's id, as `jobs list` shows it.
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
         job_id: Option<i64>,
+        /// Every dead-lettered (discarded) one instead of one by id.
         #[arg(long)]
         discarded: bool,
     },
@@ -160,16 +204,20 @@ pub enum JobsCommand {
 pub enum DeliveriesCommand {
     /// The newest deliveries first.
     List {
+        /// Only deliveries in this state.
         #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded"])]
         state: Option<String>,
+        /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// How many at most.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// One delivery: its sink, state and attempts, the delivery id and outcome it sends, and
     /// every failed attempt's answer (status and the start of the body, or the error).
     Show {
+        /// The delivery's id, as `deliveries list` shows it.
         delivery_id: i64,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -177,8 +225,10 @@ pub enum DeliveriesCommand {
     },
     /// Re-queue a delivery, or every discarded one with --discarded.
     Retry {
+        /// The delivery's id, as `deliveries list` shows it.
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
         delivery_id: Option<i64>,
+        /// Every dead-lettered (discarded) one instead of one by id.
         #[arg(long)]
         discarded: bool,
     },
@@ -194,8 +244,10 @@ pub enum BenchCommand {
         /// The whsec_ secret the receiver is configured with.
         #[arg(long, env = "GEMHOOK_BENCH_SECRET", hide_env_values = true)]
         secret: String,
+        /// How many deliveries to send.
         #[arg(long, default_value_t = 1000)]
         requests: u64,
+        /// Deliveries in flight at once (one connection each).
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Requests per second (open loop); without it, as fast as the concurrency allows.
@@ -235,6 +287,7 @@ pub enum EventsCommand {
     },
     /// Everything stored about one event, the raw body included.
     Show {
+        /// The delivery's webhook-id, as `events list` shows it.
         webhook_id: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
