@@ -39,61 +39,76 @@ pub enum WebhooksCommand {
         /// A label for the webhook.
         #[arg(long)]
         name: Option<String>,
+        /// Print the API's answer as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Every webhook of the project (every page).
     List {
+        /// Print the API's answer as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// One webhook: its state, events and signing secrets' expiry.
     Get {
+        /// The webhook's id, as `webhooks list` shows it.
         id: String,
+        /// Print the API's answer as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Change a webhook: only what is given is sent (with the matching update_mask).
     Update {
+        /// The webhook's id, as `webhooks list` shows it.
         id: String,
+        /// A new URL for Gemini to POST to.
         #[arg(long)]
         uri: Option<String>,
         /// Comma-separated events: replaces the subscribed list.
         #[arg(long, value_delimiter = ',')]
         events: Option<Vec<String>>,
+        /// A new label.
         #[arg(long)]
         name: Option<String>,
         /// Re-enable, e.g. once Gemini disabled it after failed deliveries and the cause is fixed.
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
+        /// Stop Gemini delivering to it (until --enable).
         #[arg(long)]
         disable: bool,
+        /// Print the API's answer as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete a webhook.
     Delete {
+        /// The webhook's id, as `webhooks list` shows it.
         id: String,
+        /// Print `{"id", "deleted": true}` instead of text (the API answers with nothing).
         #[arg(long)]
         json: bool,
     },
     /// Ask Gemini to send the webhook a ping; with --wait, watch this gemhook's database for a
     /// delivery that arrived and verified, and say how long it took.
     Ping {
+        /// The webhook's id, as `webhooks list` shows it.
         id: String,
         /// Seconds to wait for the delivery (exits non-zero if none arrives).
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+        /// Print one JSON object (whether it arrived, the delivery, the seconds) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// A new signing secret, with the zero-downtime steps. Old secrets stay valid for 24 hours
     /// unless --revoke-now.
     RotateSecret {
+        /// The webhook's id, as `webhooks list` shows it.
         id: String,
         /// Revoke the previous secrets at once (deliveries signed with them stop verifying now).
         #[arg(long)]
         revoke_now: bool,
+        /// Print the API's answer as JSON instead of text.
         #[arg(long)]
         json: bool,
     },
