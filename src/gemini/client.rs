@@ -325,9 +325,12 @@ impl GeminiClient {
             .http
             .request(method, url)
             .header(API_KEY_HEADER, self.key_header()?);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        request = match body {
+            Some(body) => request.json(body),
+            // An explicit empty body, so a POST carries `content-length: 0` as Google's front
+            // ends expect of a call with no request message.
+            None => request.body(Vec::new()),
+        };
         let mut response = request
             .send()
             .await

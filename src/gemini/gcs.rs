@@ -5,8 +5,9 @@
 //! Credentials come as Google users configure them, read by `object_store`:
 //! `GOOGLE_SERVICE_ACCOUNT` (or `GOOGLE_SERVICE_ACCOUNT_PATH`: a service account key file),
 //! `GOOGLE_SERVICE_ACCOUNT_KEY` (the key's JSON itself), `GOOGLE_APPLICATION_CREDENTIALS`, or
-//! gcloud's application default credentials file. Without any of them `gs://` pointers are
-//! dead-lettered with that reason (see [`credentials_configured`]).
+//! gcloud's application default credentials file, or on Cloud Run the service's own account
+//! (from the metadata server). Without any of them `gs://` pointers are dead-lettered with
+//! that reason (see [`credentials_configured`]).
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
@@ -80,9 +81,11 @@ pub fn credentials_configured<'a>(
     vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     home: Option<&FsPath>,
 ) -> bool {
-    vars.into_iter()
-        .any(|(name, value)| CREDENTIAL_VARIABLES.contains(&name) && !value.trim().is_empty())
-        || home.is_some_and(|home| home.join(ADC_FILE).is_file())
+    vars.into_iter().any(|(name, value)| {
+        // Cloud Run (K_SERVICE) always has a service account behind its metadata server,
+        // which object_store falls back to.
+        (CREDENTIAL_VARIABLES.contains(&name) || name == "K_SERVICE") && !value.trim().is_empty()
+    }) || home.is_some_and(|home| home.join(ADC_FILE).is_file())
 }
 
 /// Reads `gs://` objects. One client per bucket, kept, so credentials' tokens are reused.
@@ -200,6 +203,7 @@ mod tests {
             None
         ));
         assert!(!credentials_configured([("GEMINI_API_KEY", "k")], None));
+        assert!(credentials_configured([("K_SERVICE", "gemhook")], None));
         let home = std::env::temp_dir().join(format!("gemhook-no-adc-{}", std::process::id()));
         assert!(!credentials_configured([], Some(&home)));
     }

@@ -314,10 +314,7 @@ impl WebhookService {
     /// `POST /v1beta/webhooks/{id}:ping`, empty body.
     pub async fn ping(&self, id: &str) -> Result<(), WebhooksError> {
         let path = format!("/v1beta/webhooks/{}:ping", checked(id)?);
-        let answer = self
-            .client
-            .call(Method::POST, &path, Some(&json!({})))
-            .await?;
+        let answer = self.client.call(Method::POST, &path, None).await?;
         self.expect_success(answer)
     }
 

@@ -489,6 +489,7 @@ async fn gemini_side_ping_wait_sees_the_delivery_arrive_and_verify() {
     let requests = requests_with_key(&service);
     assert_eq!(requests[0].method, "POST");
     assert_eq!(requests[0].path, "/v1beta/webhooks/wh_1:ping");
+    assert_eq!(requests[0].body, Value::Null, "an empty body");
 }
 
 async fn gemini_side_ping_wait_fails_when_no_verified_delivery_arrives() {
