@@ -182,7 +182,9 @@ impl Follower {
                         if let Work::NotFollowable { reason } = &work {
                             summary["reason"] = json!(reason.to_string());
                             return Err(Failure {
-                                message: format!("not followed: the batch's {reason}"),
+                                message: format!(
+                                    "not followed: the batch's results file: {reason}"
+                                ),
                                 kind: FailureKind::Permanent,
                                 result: Some(Box::new(result("not_followable", None, summary))),
                             });
