@@ -107,6 +107,15 @@ impl WebhookServiceStandIn {
         }
     }
 
+    pub fn remove(&self, id: &str) {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .webhooks
+            .retain(|w| w["id"] != id);
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.state.0.lock().unwrap().requests.clone()
     }

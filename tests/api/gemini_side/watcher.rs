@@ -125,7 +125,7 @@ async fn gemini_side_a_failing_read_keeps_the_last_states_and_never_affects_read
     assert!(error.contains("503") && error.contains("currently unavailable"), "{error}");
     assert_eq!(ready["gemini_webhooks"]["webhooks"][0]["state"], "enabled");
 
-    // Re-enabled by the operator: the next read shows it.
+    // Disabled by the operator: the next read shows it.
     service.fail_with(None);
     service.set_state("wh_1", "disabled");
     readyz_until(&address, |body| {
@@ -133,6 +133,15 @@ async fn gemini_side_a_failing_read_keeps_the_last_states_and_never_affects_read
             && body["gemini_webhooks"]["last_error"].is_null()
     })
     .await;
+
+    // Deleted: its gauges drop to 0 rather than keep reporting the last state.
+    service.remove("wh_1");
+    readyz_until(&address, |body| {
+        body["gemini_webhooks"]["webhooks"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+    let (_, metrics) = get_text(&format!("{address}/metrics")).await;
+    assert_eq!(state_gauge(&metrics, "wh_1", "disabled"), Some(0.0), "{metrics}");
 }
 }
 
