@@ -1,6 +1,8 @@
 //! The command line: `serve`, `migrate`, `events`. The only place besides `main` that uses
 //! `anyhow`: every command ends in a message for a human.
 
+mod webhooks;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -146,6 +148,12 @@ pub enum Command {
     /// See the whole path locally: gemhook plus a stand-in for Gemini, wired together, each
     /// outcome printed here. No Google account needed.
     Dev(crate::tools::dev::DevArgs),
+    /// Gemini's side: register, list, update, ping and rotate the project's webhooks
+    /// (WebhookService, with GEMINI_API_KEY).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
     /// Load generators for measuring a running receiver.
     Bench {
         #[command(subcommand)]
@@ -412,6 +420,7 @@ async fn run_configured(
             Ok(())
         }
         Command::Bench { command } => bench(command).await,
+        Command::Webhooks { command } => webhooks::run(&settings, command).await,
         Command::Dev(args) => crate::tools::dev::run(settings, args)
             .await
             .context("gemhook dev"),

@@ -5,6 +5,7 @@ mod availability;
 mod dev;
 mod dynamic;
 mod first_minutes;
+mod gemini_side;
 mod handoff;
 mod helpers;
 mod operations;
