@@ -152,6 +152,15 @@ impl Seen {
             .min()
     }
 
+    /// Requests sent from a second after `since` on that were not accepted: once the fault is
+    /// gone and the receiver has had a moment, every delivery must be stored again.
+    fn not_accepted_a_second_after(&self, since: u64) -> usize {
+        self.answers
+            .iter()
+            .filter(|a| a.sent_unix_ms >= since + 1000 && a.answer != "accepted")
+            .count()
+    }
+
     fn summary(&self) -> String {
         let r = &self.report;
         format!(
@@ -359,6 +368,12 @@ async fn a_postgres_restart_under_load_is_answered_503_with_retry_after_and_reco
     assert!(seen.slowest() <= ANSWER_BOUND, "{}", seen.summary());
     assert!(receiver.is_running(), "the receiver was not restarted");
     assert!(recovered_ms.is_some(), "200 again after Postgres came back");
+    assert_eq!(
+        seen.not_accepted_a_second_after(up_at),
+        0,
+        "{}",
+        seen.summary()
+    );
     assert_acknowledged_were_stored(&seen.acked, &stored_ids(&url).await);
     assert_eq!(events_without_a_job(&url).await, 0);
 }
@@ -405,6 +420,12 @@ async fn a_frozen_postgres_gets_every_delivery_answered_within_a_bound_and_200_a
     assert_eq!(r.unavailable_without_retry_after, 0, "{}", seen.summary());
     assert!(receiver.is_running());
     assert!(probe.is_some(), "200 again after SIGCONT");
+    assert_eq!(
+        seen.not_accepted_a_second_after(thawed_at),
+        0,
+        "{}",
+        seen.summary()
+    );
     assert_acknowledged_were_stored(&seen.acked, &stored_ids(&url).await);
     assert_eq!(events_without_a_job(&url).await, 0);
 }
@@ -494,9 +515,13 @@ async fn sqlite_on_a_full_disk_answers_503_keeps_every_delivery_whole_and_recove
     let half_written = events_without_a_job(&url).await;
     disk.free();
     let recovered = wait_for_200(&address, Duration::from_secs(20)).await;
+    // Not just one: one at a time, so each takes the pool's next idle connection, and every
+    // connection must have come back from the full disk.
+    let afterwards = start_load(&address, 50.0, 1.0, 1).finish().await;
     for (id, _) in before.iter().chain(recovered.iter()) {
         seen.acked.insert(id.clone());
     }
+    seen.acked.extend(afterwards.acked.iter().cloned());
     let stored = stored_ids(&url).await;
     receiver.terminate();
     assert!(receiver.wait_success());
@@ -522,6 +547,12 @@ async fn sqlite_on_a_full_disk_answers_503_keeps_every_delivery_whole_and_recove
     assert_eq!(integrity, "ok");
     assert_eq!(half_written, 0, "no event without its job");
     assert!(recovered.is_some(), "200 again once space returns");
+    assert_eq!(
+        afterwards.report.accepted,
+        afterwards.report.requests,
+        "every delivery is stored again once space returns: {}",
+        afterwards.summary()
+    );
     assert_acknowledged_were_stored(&seen.acked, &stored);
 }
 
