@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 
-use crate::bench::IngestPlan;
+use crate::bench::{IngestPlan, RecordFiles};
 use crate::config::Settings;
 use crate::retention;
 use crate::send::{SecretCommand, SendArgs};
@@ -262,6 +262,20 @@ pub enum BenchCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// A request with no answer after this long (connecting included) is counted as timed
+        /// out and its connection dropped, in milliseconds.
+        #[arg(long, default_value_t = crate::bench::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+        request_timeout_ms: u64,
+        /// Write the webhook-id of every delivery answered 2xx to FILE, one per line, as the
+        /// answers arrive (to check afterwards that each was stored).
+        #[arg(long, value_name = "FILE")]
+        acked_ids: Option<PathBuf>,
+        /// Write one line per request to FILE, as the answers arrive: the time it was sent (ms
+        /// since the Unix epoch), how long its answer took (µs), the answer (accepted,
+        /// duplicate, 503, 503-no-retry-after, status-NNN, connect-failed, not-sent,
+        /// reset-after-sent, timeout) and its webhook-id.
+        #[arg(long, value_name = "FILE")]
+        answer_log: Option<PathBuf>,
     },
 }
 
@@ -438,6 +452,9 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         duplicate_share,
         event_type,
         json,
+        request_timeout_ms,
+        acked_ids,
+        answer_log,
     } = command;
     let secret = WebhookSecret::parse(&secret)
         .map_err(|reason| anyhow::anyhow!("the --secret is invalid: {reason}"))?;
@@ -449,6 +466,11 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         rate,
         duplicate_share,
         event_type,
+        request_timeout: std::time::Duration::from_millis(request_timeout_ms.max(1)),
+        record: RecordFiles {
+            acked_ids,
+            answer_log,
+        },
     };
     let report = crate::bench::ingest(plan).await?;
     if json {

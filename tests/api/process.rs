@@ -120,6 +120,11 @@ impl Gemhook {
         self.output.lock().unwrap().clone()
     }
 
+    /// Whether the process is still running (it has not exited, nor been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
