@@ -112,6 +112,8 @@ pub struct IngestReport {
     pub unavailable_without_retry_after: u64,
     /// Statuses other than 2xx and 503.
     pub other_status: u64,
+    /// One of those statuses, to say what they were (401: the secret is not the receiver's).
+    pub other_status_seen: Option<u16>,
     pub connect_failed: u64,
     pub not_sent: u64,
     pub reset_after_sent: u64,
@@ -142,11 +144,14 @@ impl std::fmt::Display for IngestReport {
         if self.failed > 0 {
             writeln!(
                 f,
-                "failed: {} 503 with Retry-After, {} 503 without, {} other status, \
+                "failed: {} 503 with Retry-After, {} 503 without, {} other status{}, \
                  {} connect failed, {} not sent, {} reset after sent, {} timed out (> {} ms)",
                 self.unavailable,
                 self.unavailable_without_retry_after,
                 self.other_status,
+                self.other_status_seen
+                    .map(|code| format!(" (e.g. {code})"))
+                    .unwrap_or_default(),
                 self.connect_failed,
                 self.not_sent,
                 self.reset_after_sent,
@@ -191,6 +196,8 @@ struct Counts {
     unavailable: AtomicU64,
     unavailable_without_retry_after: AtomicU64,
     other_status: AtomicU64,
+    /// The latest status of that kind (0: none yet), for the report to name.
+    other_status_seen: AtomicU64,
     connect_failed: AtomicU64,
     not_sent: AtomicU64,
     reset_after_sent: AtomicU64,
@@ -199,6 +206,10 @@ struct Counts {
 
 impl Counts {
     fn of(&self, answer: Answer) -> &AtomicU64 {
+        if let Answer::Status(code) = answer {
+            self.other_status_seen
+                .store(u64::from(code), std::sync::atomic::Ordering::Relaxed);
+        }
         match answer {
             Answer::Accepted => &self.accepted,
             Answer::Duplicate => &self.duplicate,
@@ -282,6 +293,10 @@ pub async fn ingest(plan: IngestPlan) -> Result<IngestReport, BenchError> {
         unavailable: count(&counts.unavailable),
         unavailable_without_retry_after: count(&counts.unavailable_without_retry_after),
         other_status: count(&counts.other_status),
+        other_status_seen: match count(&counts.other_status_seen) {
+            0 => None,
+            code => u16::try_from(code).ok(),
+        },
         connect_failed: count(&counts.connect_failed),
         not_sent: count(&counts.not_sent),
         reset_after_sent: count(&counts.reset_after_sent),

@@ -478,6 +478,19 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
     } else {
         println!("{report}");
     }
+    // A run where nothing got through measured nothing: say why and fail (a share of failures
+    // is a result, which fault runs count on).
+    if report.requests > 0 && report.accepted + report.duplicate == 0 {
+        let hint = match report.other_status_seen {
+            Some(401) => {
+                ": the receiver answered 401, so --secret is not the secret it verifies with"
+            }
+            Some(_) => ": see the status counts above",
+            None if report.connect_failed > 0 => ": nothing listens at --url",
+            None => "",
+        };
+        anyhow::bail!("no delivery was accepted ({} failed){hint}", report.failed);
+    }
     Ok(())
 }
 

@@ -339,3 +339,44 @@ fn events_tail_prints_new_deliveries_as_they_arrive() {
     server.terminate();
     assert!(server.wait_success());
 }
+
+#[test]
+fn bench_ingest_with_the_wrong_secret_fails_and_says_why() {
+    let dir = Folder::new();
+    let (mut server, address) = {
+        let mut command = gemhook_command(&[("GEMHOOK_WEBHOOK_SECRETS", SECRET)]);
+        command.current_dir(&dir.0);
+        Gemhook::from_command(command, &["serve", "--role", "receiver"])
+    };
+    let url = format!("{address}/webhooks/gemini");
+
+    let output = run(
+        &dir.0,
+        &[],
+        &[
+            "bench",
+            "ingest",
+            "--url",
+            &url,
+            "--secret",
+            OTHER_SECRET,
+            "--requests",
+            "5",
+        ],
+    );
+
+    assert!(!output.status.success(), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("no delivery was accepted (5 failed)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--secret is not the secret"), "{stderr}");
+    assert!(
+        text(&output.stdout).contains("(e.g. 401)"),
+        "{}",
+        text(&output.stdout)
+    );
+    server.terminate();
+    assert!(server.wait_success());
+}
