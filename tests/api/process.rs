@@ -90,9 +90,12 @@ impl Gemhook {
                 }
             });
         }
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("gemhook did not start: {}", output.lock().unwrap()));
+        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) else {
+            // Not left running behind a failed test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gemhook did not start: {}", output.lock().unwrap());
+        };
         (Gemhook { child, output }, format!("http://{address}"))
     }
 
