@@ -1,6 +1,8 @@
 //! The command line: `serve`, `migrate`, `events`. The only place besides `main` that uses
 //! `anyhow`: every command ends in a message for a human.
 
+mod webhooks;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 
-use crate::bench::IngestPlan;
+use crate::bench::{IngestPlan, RecordFiles};
 use crate::config::Settings;
 use crate::retention;
 use crate::send::{SecretCommand, SendArgs};
@@ -146,6 +148,12 @@ pub enum Command {
     /// See the whole path locally: gemhook plus a stand-in for Gemini, wired together, each
     /// outcome printed here. No Google account needed.
     Dev(crate::tools::dev::DevArgs),
+    /// Gemini's side: register, list, update, ping and rotate the project's webhooks
+    /// (WebhookService, with GEMINI_API_KEY).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
     /// Load generators for measuring a running receiver.
     Bench {
         #[command(subcommand)]
@@ -254,6 +262,20 @@ pub enum BenchCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// A request with no answer after this long (connecting included) is counted as timed
+        /// out and its connection dropped, in milliseconds.
+        #[arg(long, default_value_t = crate::bench::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+        request_timeout_ms: u64,
+        /// Write the webhook-id of every delivery answered 2xx to FILE, one per line, as the
+        /// answers arrive (to check afterwards that each was stored).
+        #[arg(long, value_name = "FILE")]
+        acked_ids: Option<PathBuf>,
+        /// Write one line per request to FILE, as the answers arrive: the time it was sent (ms
+        /// since the Unix epoch), how long its answer took (µs), the answer (accepted,
+        /// duplicate, 503, 503-no-retry-after, status-NNN, connect-failed, not-sent,
+        /// reset-after-sent, timeout) and its webhook-id.
+        #[arg(long, value_name = "FILE")]
+        answer_log: Option<PathBuf>,
     },
 }
 
@@ -412,6 +434,7 @@ async fn run_configured(
             Ok(())
         }
         Command::Bench { command } => bench(command).await,
+        Command::Webhooks { command } => webhooks::run(&settings, command).await,
         Command::Dev(args) => crate::tools::dev::run(settings, args)
             .await
             .context("gemhook dev"),
@@ -429,6 +452,9 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         duplicate_share,
         event_type,
         json,
+        request_timeout_ms,
+        acked_ids,
+        answer_log,
     } = command;
     let secret = WebhookSecret::parse(&secret)
         .map_err(|reason| anyhow::anyhow!("the --secret is invalid: {reason}"))?;
@@ -440,12 +466,30 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         rate,
         duplicate_share,
         event_type,
+        request_timeout: std::time::Duration::from_millis(request_timeout_ms.max(1)),
+        record: RecordFiles {
+            acked_ids,
+            answer_log,
+        },
     };
     let report = crate::bench::ingest(plan).await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
+    }
+    // A run where nothing got through measured nothing: say why and fail (a share of failures
+    // is a result, which fault runs count on).
+    if report.requests > 0 && report.accepted + report.duplicate == 0 {
+        let hint = match report.other_status_seen {
+            Some(401) => {
+                ": the receiver answered 401, so --secret is not the secret it verifies with"
+            }
+            Some(_) => ": see the status counts above",
+            None if report.connect_failed > 0 => ": nothing listens at --url",
+            None => "",
+        };
+        anyhow::bail!("no delivery was accepted ({} failed){hint}", report.failed);
     }
     Ok(())
 }

@@ -183,6 +183,8 @@ pub struct Settings {
     pub allowed_hosts: Vec<String>,
     pub gemini_connect_timeout_secs: u64,
     pub gemini_read_timeout_secs: u64,
+    /// How often `serve` reads the Gemini webhooks' states (0: never).
+    pub webhook_watch_interval_secs: u64,
     pub results_dir: std::path::PathBuf,
     #[serde(default)]
     pub results_url: Option<String>,
@@ -337,7 +339,7 @@ impl Settings {
         const DAY_SECS: u64 = 24 * 3600;
         let n = |value: usize| value as u64;
         #[rustfmt::skip]
-        let ranges: [(&str, u64, u64, u64, &str); 22] = [
+        let ranges: [(&str, u64, u64, u64, &str); 23] = [
             ("timestamp_tolerance_secs", self.timestamp_tolerance_secs, 1, DAY_SECS, "seconds"),
             ("max_body_bytes", n(self.max_body_bytes), 1024, 256 << 20, "bytes"),
             ("database_max_connections", u64::from(self.database_max_connections), 1, 10_000, "connections"),
@@ -360,6 +362,7 @@ impl Settings {
             ("worker_lease_secs", self.worker_lease_secs, 1, DAY_SECS, "seconds"),
             ("gemini_connect_timeout_secs", self.gemini_connect_timeout_secs, 1, 600, "seconds"),
             ("gemini_read_timeout_secs", self.gemini_read_timeout_secs, 1, 3600, "seconds"),
+            ("webhook_watch_interval_secs", self.webhook_watch_interval_secs, 0, DAY_SECS, "seconds; 0 turns the watcher off"),
         ];
         for (key, value, min, max, unit) in ranges {
             Range {
@@ -669,6 +672,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.contains("max_inflight_body_bytes"), "{message}");
+    }
+
+    #[test]
+    fn the_webhook_watch_interval_may_be_zero_to_turn_it_off_but_not_above_a_day() {
+        let off = Settings::from_figment(base().merge(("webhook_watch_interval_secs", 0))).unwrap();
+        assert_eq!(off.webhook_watch_interval_secs, 0);
+        assert_eq!(
+            Settings::from_figment(base())
+                .unwrap()
+                .webhook_watch_interval_secs,
+            300
+        );
+        let message = Settings::from_figment(base().merge(("webhook_watch_interval_secs", 86_401)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("webhook_watch_interval_secs = 86401 is out of range"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! - [`envelope`]: pure, defensive reading of Gemini's event envelope.
 //! - [`store`]: events (the idempotency table), jobs (the queue), results, outcomes and
 //!   deliveries, behind one seam with a Postgres and an embedded SQLite backend.
-//! - [`worker`]: claims jobs and follows their pointers through [`gemini`] (the REST client and
-//!   pointer planning) into [`results`] (the results store).
+//! - [`worker`]: claims jobs and follows their pointers through [`gemini`] (the REST client,
+//!   pointer planning, `gs://` reads) into [`results`] (the results store). [`gemini`] also
+//!   holds the WebhookService client behind `gemhook webhooks` and the watcher `serve` runs.
 //! - [`deliver`]: hands each finished outcome to the application's sinks (HTTP, NATS, handler).
 //!
 //! Around them: [`config`] (defaults → file → environment), [`telemetry`] (logs), [`observe`]

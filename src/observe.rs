@@ -14,6 +14,7 @@
 //! | `gemhook_download_bytes_total` | counter | |
 //! | `gemhook_jwks_fetches_total` | counter | `result`: ok, error |
 //! | `gemhook_jwks_age_seconds` | gauge | age of the cached key set (at each scrape) |
+//! | `gemhook_gemini_webhook_state` | gauge | `id`, `state`: 1 for each webhook's current state, 0 for the others |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -125,6 +126,22 @@ pub fn queue_gauges(by_state: &[(String, i64)], backlog_age_secs: f64) {
 pub fn jwks_age(age_secs: Option<u64>) {
     if let Some(age) = age_secs {
         metrics::gauge!("gemhook_jwks_age_seconds").set(age as f64);
+    }
+}
+
+/// A Gemini webhook's state as the watcher last read it: 1 for `state`, 0 for every other
+/// documented state (`None`: the webhook is gone, all 0), so an alert can match
+/// `{state="disabled_due_to_failed_deliveries"} == 1`.
+pub fn gemini_webhook_state(id: &str, state: Option<&str>) {
+    use crate::gemini::webhooks::STATES;
+    for known in STATES {
+        let value = if Some(known) == state { 1.0 } else { 0.0 };
+        metrics::gauge!("gemhook_gemini_webhook_state", "id" => id.to_owned(), "state" => known)
+            .set(value);
+    }
+    if let Some(other) = state.filter(|s| !STATES.contains(s)) {
+        metrics::gauge!("gemhook_gemini_webhook_state", "id" => id.to_owned(), "state" => other.to_owned())
+            .set(1.0);
     }
 }
 

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::deliver::{Dispatcher, Handler, SinkSet};
+use crate::gemini::gcs::GcsReader;
+use crate::gemini::watch::WebhookWatch;
+use crate::gemini::webhooks::WebhookService;
 use crate::gemini::{AllowedOrigins, ApiKey, ClientSettings, GeminiClient, PointerPolicy};
 use crate::http::{self, AppState};
 use crate::jwks::JwksCache;
@@ -81,6 +84,8 @@ pub struct Application {
     retention: Duration,
     prune_interval: Duration,
     connections: http::ConnectionLimits,
+    /// Reads the Gemini webhooks' states, when an API key is configured.
+    webhook_watch: Option<WebhookWatch>,
 }
 
 impl Application {
@@ -116,7 +121,8 @@ impl Application {
         } else {
             None
         };
-        let state = AppState::new(
+        let webhook_watch = webhook_watch(settings)?;
+        let mut state = AppState::new(
             store.clone(),
             keys,
             settings.policy(),
@@ -129,6 +135,9 @@ impl Application {
             },
             observe::install(),
         );
+        if let Some(watch) = &webhook_watch {
+            state = state.with_webhook_watch(watch.handle());
+        }
         let metrics_listener = match settings.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -163,6 +172,7 @@ impl Application {
                 max_connections: settings.max_connections,
                 ..http::ConnectionLimits::default()
             },
+            webhook_watch,
         })
     }
 
@@ -206,6 +216,9 @@ impl Application {
             let stop = stop.clone();
             tokio::spawn(async move { dispatcher.run(stop).await })
         });
+        if let Some(watch) = self.webhook_watch {
+            tokio::spawn(watch.run(stop.clone()));
+        }
         if let Some((listener, router)) = self.metrics {
             let stop = stop.clone();
             tracing::info!(addr = %listener.local_addr()?, "metrics listening");
@@ -263,14 +276,8 @@ pub fn build_worker(
             reason: "gemini_base_url is not a URL".into(),
         }
     })?;
-    let gemini = match settings.gemini_api_key() {
-        Some(key) => Some(GeminiClient::new(ClientSettings {
-            base_url: settings.gemini_base_url.clone(),
-            api_key: ApiKey::new(key),
-            allowed_hosts: settings.allowed_hosts.clone(),
-            connect_timeout: Duration::from_secs(settings.gemini_connect_timeout_secs),
-            read_timeout: Duration::from_secs(settings.gemini_read_timeout_secs),
-        })?),
+    let gemini = match gemini_client(settings)? {
+        Some(client) => Some(client),
         None => {
             tracing::warn!(
                 "GEMINI_API_KEY is not set: jobs that need Gemini will be dead-lettered until it is (then `gemhook jobs retry --discarded`)"
@@ -283,17 +290,48 @@ pub fn build_worker(
         None => AllowedOrigins::new(&base_url, &settings.allowed_hosts)?,
     };
     let results = ResultsStore::open(&settings.results_dir, settings.results_url.as_deref())?;
+    // gs:// pointers are read with Cloud Storage credentials, as Google users configure them
+    // (GOOGLE_SERVICE_ACCOUNT, GOOGLE_APPLICATION_CREDENTIALS, ...); without any, dead-lettered.
+    let gcs = GcsReader::from_env();
     let follower = Follower {
         gemini,
         results,
         policy: PointerPolicy {
             allowed,
-            // Reading gs:// needs Cloud Storage credentials gemhook does not take yet.
-            follow_gcs: false,
+            follow_gcs: gcs.is_some(),
         },
         store: store.clone(),
+        gcs,
     };
     Ok(Worker::new(store, follower, settings.worker(), sinks))
+}
+
+/// The Gemini client the settings describe, or `None` without an API key. The worker, the
+/// webhook watcher and `gemhook webhooks` share it, so the key goes to the same origins.
+pub fn gemini_client(settings: &Settings) -> Result<Option<GeminiClient>, StartupError> {
+    let Some(key) = settings.gemini_api_key() else {
+        return Ok(None);
+    };
+    Ok(Some(GeminiClient::new(ClientSettings {
+        base_url: settings.gemini_base_url.clone(),
+        api_key: ApiKey::new(key),
+        allowed_hosts: settings.allowed_hosts.clone(),
+        connect_timeout: Duration::from_secs(settings.gemini_connect_timeout_secs),
+        read_timeout: Duration::from_secs(settings.gemini_read_timeout_secs),
+    })?))
+}
+
+/// The webhook watcher, when an API key is configured and the interval is not 0.
+fn webhook_watch(settings: &Settings) -> Result<Option<WebhookWatch>, StartupError> {
+    if settings.webhook_watch_interval_secs == 0 {
+        return Ok(None);
+    }
+    Ok(gemini_client(settings)?.map(|client| {
+        WebhookWatch::new(
+            WebhookService::new(client),
+            Duration::from_secs(settings.webhook_watch_interval_secs),
+        )
+    }))
 }
 
 /// Google's key set, fetched in the background from now on: start-up never waits for Google.

@@ -584,11 +584,27 @@ pub(crate) mod tests {
         assert_eq!(large["result"]["inline"], body);
     }
 
+    /// Golden values, computed independently (Python's hashlib: the first 32 hex digits of
+    /// sha256(webhook_id, NUL, sink)). Applications deduplicate on these ids across gemhook
+    /// versions: a change to the algorithm must fail here, not in production.
     #[test]
-    fn a_delivery_id_is_stable_for_one_outcome_and_sink() {
+    fn a_delivery_id_is_pinned_to_its_algorithm() {
         assert_eq!(
             delivery_id("msg_1", "nightly"),
-            delivery_id("msg_1", "nightly")
+            "gh_13ae30a3a0a6c7f54fb32f6705fc5953"
+        );
+        assert_eq!(
+            delivery_id("msg_2CBl8Y5QzXhDvJ1FpmXW", "app"),
+            "gh_5ef27e5588451f2453ca979343b741c7"
+        );
+        // A replay's second revision: the key is "<webhook-id>#<revision>".
+        assert_eq!(
+            crate::deliver::Dispatcher::outgoing_id("msg_2CBl8Y5QzXhDvJ1FpmXW", 2, "app"),
+            "gh_887e2f8ebde29e8dfc3013abb0523b5d"
+        );
+        assert_eq!(
+            crate::deliver::Dispatcher::outgoing_id("msg_2CBl8Y5QzXhDvJ1FpmXW", 1, "app"),
+            delivery_id("msg_2CBl8Y5QzXhDvJ1FpmXW", "app")
         );
     }
 

@@ -222,6 +222,13 @@ pub struct Interaction {
     pub raw: Bytes,
 }
 
+/// What the API answered to [`GeminiClient::call`]: any status, with its whole body.
+#[derive(Debug, Clone)]
+pub struct ApiAnswer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
 /// The client. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct GeminiClient {
@@ -283,32 +290,76 @@ impl GeminiClient {
     pub async fn get_interaction(&self, id: &str) -> Result<Interaction, GeminiError> {
         let id = checked_id(id.strip_prefix("interactions/").unwrap_or(id))?;
         let url = self.api_url(&format!("/v1beta/interactions/{id}"))?;
-        let (mut response, origin) = self.get_following_redirects(url).await?;
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|source| body_error(&origin, source))?
-        {
-            if body.len() + chunk.len() > MAX_INTERACTION_BYTES {
-                return Err(GeminiError::TooLarge {
-                    origin,
-                    limit: MAX_INTERACTION_BYTES,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let raw = body.freeze();
-        let json: Value =
-            serde_json::from_slice(&raw).map_err(|source| GeminiError::InvalidJson {
-                origin: origin.clone(),
-                source,
-            })?;
+        let (json, raw) = self.get_json(url).await?;
         let status = json
             .get("status")
             .and_then(Value::as_str)
             .map(str::to_owned);
         Ok(Interaction { status, json, raw })
+    }
+
+    /// `GET {base}/v1beta/batches/{id}` (a `batches/` prefix is accepted): the batch operation,
+    /// for a `batch.succeeded` that names no results file.
+    pub async fn get_batch(&self, id: &str) -> Result<Value, GeminiError> {
+        let id = checked_id(id.strip_prefix("batches/").unwrap_or(id))?;
+        let url = self.api_url(&format!("/v1beta/batches/{id}"))?;
+        Ok(self.get_json(url).await?.0)
+    }
+
+    /// `{method} {base}{path_and_query}` with the key and an optional JSON body, answered
+    /// whatever its status: the WebhookService's callers read Google's error shape themselves.
+    /// Redirects are not followed: the API answers in place, and a write must not be replayed
+    /// at another address. The path is the caller's, built from checked ids only.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiAnswer, GeminiError> {
+        let url = self.api_url(path_and_query)?;
+        let origin = display_origin(&url);
+        if !self.allowed.is_base(&url) {
+            return Err(GeminiError::HostNotAllowed { origin });
+        }
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(API_KEY_HEADER, self.key_header()?);
+        request = match body {
+            Some(body) => request.json(body),
+            // An explicit empty body, so a POST carries `content-length: 0` as Google's front
+            // ends expect of a call with no request message.
+            None => request.body(Vec::new()),
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|source| request_error(&origin, source))?;
+        let status = response.status();
+        let body = read_limited(&mut response, &origin).await?;
+        Ok(ApiAnswer { status, body })
+    }
+
+    /// A GET of a JSON document, following redirects within allowed origins.
+    async fn get_json(&self, url: Url) -> Result<(Value, Bytes), GeminiError> {
+        let (mut response, origin) = self.get_following_redirects(url).await?;
+        let raw = read_limited(&mut response, &origin).await?;
+        let json: Value =
+            serde_json::from_slice(&raw).map_err(|source| GeminiError::InvalidJson {
+                origin: origin.clone(),
+                source,
+            })?;
+        Ok((json, raw))
+    }
+
+    fn key_header(&self) -> Result<HeaderValue, GeminiError> {
+        let mut key =
+            HeaderValue::from_str(self.api_key.expose()).map_err(|_| GeminiError::BadPointer {
+                reason: "the API key is not a valid header value",
+            })?;
+        // Keeps the key out of any Debug output of the request's headers.
+        key.set_sensitive(true);
+        Ok(key)
     }
 
     async fn download(&self, url: Url) -> Result<Download, GeminiError> {
@@ -328,12 +379,7 @@ impl GeminiClient {
         &self,
         mut url: Url,
     ) -> Result<(reqwest::Response, String), GeminiError> {
-        let mut key =
-            HeaderValue::from_str(self.api_key.expose()).map_err(|_| GeminiError::BadPointer {
-                reason: "the API key is not a valid header value",
-            })?;
-        // Keeps the key out of any Debug output of the request's headers.
-        key.set_sensitive(true);
+        let key = self.key_header()?;
         for hop in 0..=MAX_REDIRECTS {
             let origin = display_origin(&url);
             // The one check that keeps the key home: before every request, redirects included.
@@ -402,7 +448,7 @@ impl GeminiClient {
     }
 
     /// One line of text, without the key even if a server echoed it.
-    fn redact(&self, text: &str) -> String {
+    pub fn redact(&self, text: &str) -> String {
         let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
         let key = self.api_key.expose();
         if key.is_empty() {
@@ -411,6 +457,28 @@ impl GeminiClient {
             one_line.replace(key, "<redacted>")
         }
     }
+}
+
+/// A JSON document's body, read whole up to [`MAX_INTERACTION_BYTES`].
+async fn read_limited(
+    response: &mut reqwest::Response,
+    origin: &str,
+) -> Result<Bytes, GeminiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| body_error(origin, source))?
+    {
+        if body.len() + chunk.len() > MAX_INTERACTION_BYTES {
+            return Err(GeminiError::TooLarge {
+                origin: origin.to_owned(),
+                limit: MAX_INTERACTION_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn checked_id(id: &str) -> Result<&str, GeminiError> {

@@ -6,12 +6,22 @@
 //!   hand so that a redirect can never carry the key elsewhere, and classifies failures as
 //!   retryable or permanent.
 //! - [`retry`]: pure; exponential backoff with full jitter, and `Retry-After`.
+//! - [`webhooks`]: the WebhookService client (`gemhook webhooks`), over [`client`].
+//! - [`watch`]: the watcher that reads the webhooks' states while `serve` runs.
+//! - [`batch`]: pure; where a fetched batch keeps its results (file or inline).
+//! - [`gcs`]: reading `gs://` pointers with Google Cloud Storage credentials.
 
+pub mod batch;
 pub mod client;
+pub mod gcs;
 pub mod origin;
 pub mod pointer;
 pub mod retry;
+pub mod watch;
+pub mod webhooks;
 
-pub use client::{ApiKey, ClientSettings, Download, GeminiClient, GeminiError, Interaction};
+pub use client::{
+    ApiAnswer, ApiKey, ClientSettings, Download, GeminiClient, GeminiError, Interaction,
+};
 pub use origin::{AllowedOrigins, ConfigError};
 pub use pointer::{Plan, PointerPolicy, ResourceKind, Unfollowable, Work};

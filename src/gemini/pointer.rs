@@ -32,6 +32,9 @@ pub enum Work {
     DownloadGcs { bucket: String, object: String },
     /// `GET {base}/v1beta/interactions/{id}` and store the JSON.
     FetchInteraction { id: String },
+    /// A `batch.succeeded` that names no results file: `GET {base}/v1beta/batches/{id}` and
+    /// follow what the batch says (a results file, or inline responses).
+    LookUpBatch { id: String },
     /// A terminal failure, expiry or cancellation: record it, nothing to fetch.
     Record {
         error_code: Option<String>,
@@ -142,19 +145,19 @@ pub fn plan(body: &[u8], policy: &PointerPolicy) -> Plan {
         .filter(|value| !value.is_null())
         .cloned();
     let work = match event_type {
-        "batch.succeeded" => follow_file(
-            first_text(
-                data,
-                &[
-                    "output_file_uri",
-                    "outputFileUri",
-                    "responses_file",
-                    "responsesFile",
-                ],
-            ),
-            "output_file_uri",
-            policy,
-        ),
+        "batch.succeeded" => match first_text(
+            data,
+            &[
+                "output_file_uri",
+                "outputFileUri",
+                "responses_file",
+                "responsesFile",
+            ],
+        ) {
+            Some(uri) => follow_file(Some(uri), "output_file_uri", policy),
+            // The batch itself says where its results are.
+            None => look_up_batch(resource_id.as_deref()),
+        },
         "video.generated" => {
             let uri = first_text(
                 data,
@@ -220,6 +223,30 @@ fn fetch_interaction(resource_id: Option<&str>) -> Work {
             reason: Unfollowable::MalformedId,
         }
     }
+}
+
+fn look_up_batch(resource_id: Option<&str>) -> Work {
+    let Some(raw) = resource_id.map(str::trim).filter(|id| !id.is_empty()) else {
+        return Work::NotFollowable {
+            reason: Unfollowable::MissingPointer {
+                expected: "output_file_uri or a batch id",
+            },
+        };
+    };
+    let id = raw.strip_prefix("batches/").unwrap_or(raw);
+    if is_safe_id(id) {
+        Work::LookUpBatch { id: id.to_owned() }
+    } else {
+        Work::NotFollowable {
+            reason: Unfollowable::MalformedId,
+        }
+    }
+}
+
+/// What a batch's `responsesFile` asks for: the same classification as an event's pointer
+/// (a Gemini file, an allowed URL, `gs://`), so a batch cannot point the key elsewhere either.
+pub fn results_file(uri: &str, policy: &PointerPolicy) -> Work {
+    follow_file(Some(uri.to_owned()), "responsesFile", policy)
 }
 
 /// Classifies a file pointer: a Gemini file name or URL, another allowed URL, or `gs://`.
@@ -474,24 +501,55 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_pointer_is_not_followable() {
+    fn a_batch_succeeded_without_a_pointer_looks_the_batch_up_by_its_id() {
+        for id in ["batch_1", "batches/batch_1"] {
+            assert_eq!(
+                work_for("batch.succeeded", json!({"id": id})),
+                Work::LookUpBatch {
+                    id: "batch_1".into()
+                }
+            );
+        }
         assert_eq!(
-            work_for("batch.succeeded", json!({"id": "batch_1"})),
-            unfollowable(Unfollowable::MissingPointer {
-                expected: "output_file_uri"
-            })
+            work_for(
+                "batch.succeeded",
+                json!({"name": "batches/b2", "output_file_uri": 7})
+            ),
+            Work::LookUpBatch { id: "b2".into() }
         );
         assert_eq!(
-            plan_json(json!({"type": "batch.succeeded"})).work,
-            unfollowable(Unfollowable::MissingPointer {
-                expected: "output_file_uri"
-            })
+            work_for("batch.succeeded", json!({"id": "../files/x"})),
+            unfollowable(Unfollowable::MalformedId)
         );
+    }
+
+    #[test]
+    fn a_missing_pointer_and_id_is_not_followable() {
+        let missing = unfollowable(Unfollowable::MissingPointer {
+            expected: "output_file_uri or a batch id",
+        });
+        assert_eq!(plan_json(json!({"type": "batch.succeeded"})).work, missing);
         assert_eq!(
             work_for("batch.succeeded", json!({"output_file_uri": 7})),
-            unfollowable(Unfollowable::MissingPointer {
-                expected: "output_file_uri"
+            missing
+        );
+    }
+
+    #[test]
+    fn a_batch_results_file_is_classified_like_an_event_pointer() {
+        assert_eq!(results_file("files/r1", &policy()), file("r1"));
+        assert_eq!(
+            results_file("https://evil.example/x", &policy()),
+            unfollowable(Unfollowable::HostNotAllowed {
+                origin: "https://evil.example".into()
             })
+        );
+        assert_eq!(
+            results_file("gs://b/o.jsonl", &policy_with(&[], true)),
+            Work::DownloadGcs {
+                bucket: "b".into(),
+                object: "o.jsonl".into()
+            }
         );
     }
 
@@ -735,7 +793,7 @@ mod tests {
         assert_eq!(
             plan_json(json!({"type": "batch.succeeded", "data": "files/a"})).work,
             unfollowable(Unfollowable::MissingPointer {
-                expected: "output_file_uri"
+                expected: "output_file_uri or a batch id"
             })
         );
     }

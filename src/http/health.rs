@@ -46,12 +46,19 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             "rsa_keys": jwks.rsa_keys,
         })
     });
+    // Shown, never decisive: a replica that cannot read Google's WebhookService still takes
+    // deliveries.
+    let gemini_webhooks = shared
+        .webhook_watch
+        .as_ref()
+        .map(|watch| serde_json::to_value(watch.status()).unwrap_or(Value::Null));
     let body = json!({
         "status": if readiness.is_ready() { "ready" } else { "not_ready" },
         "database": readiness.database,
         "migrations_applied": readiness.migrations_applied,
         "backlog_age_secs": backlog_age_secs,
         "jwks": jwks,
+        "gemini_webhooks": gemini_webhooks,
     });
     (status, Json(body))
 }

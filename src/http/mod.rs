@@ -40,6 +40,8 @@ struct Shared {
     /// Body bytes that may be held at once; a delivery reserves its size before reading.
     body_budget: Arc<Semaphore>,
     metrics: PrometheusHandle,
+    /// The Gemini webhooks' states, when the watcher runs (shown by `/readyz`).
+    webhook_watch: Option<crate::gemini::watch::WatchHandle>,
 }
 
 /// What bounds one delivery on the ack path, in size and in time.
@@ -76,8 +78,19 @@ impl AppState {
                 limits,
                 body_budget: Arc::new(Semaphore::new(budget)),
                 metrics,
+                webhook_watch: None,
             }),
         }
+    }
+
+    /// Shows the webhook watcher's status in `/readyz`. Call before the state is shared.
+    pub fn with_webhook_watch(mut self, watch: crate::gemini::watch::WatchHandle) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(shared) => shared.webhook_watch = Some(watch),
+            // Already shared: the handlers built so far would not see it either way.
+            None => tracing::warn!("the webhook watcher was attached too late to show in /readyz"),
+        }
+        self
     }
 }
 

@@ -7,8 +7,12 @@
 //! - At most `max_connections` are open at once; past that, new connections wait in the
 //!   kernel's backlog rather than exhausting the process's descriptors.
 //! - Request heads are bounded (`max_header_bytes`, answered 431 by hyper).
-//! - On shutdown the listener closes, idle connections are closed, and every request in flight
-//!   is answered before the connection ends.
+//! - On shutdown the listener closes; for a short linger every answer carries
+//!   `Connection: close` and idle keep-alive connections stay open, then the idle ones are
+//!   closed and every request in flight is answered before its connection ends. Closing idle
+//!   connections at once would drop a request a client had just written on one (HTTP/1.1's
+//!   keep-alive race): during the linger such a request is still read and answered, and the
+//!   client is told to reconnect, which finds the listener closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,9 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// How long idle keep-alive connections may still bring a request after shutdown begins.
+const DRAIN_LINGER: Duration = Duration::from_millis(1000);
+
 /// Serves `router` on `listener` until `shutdown`, then drains as described above.
 pub async fn serve(
     listener: TcpListener,
@@ -47,6 +54,22 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
+    let draining = shutdown.clone();
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let draining = draining.clone();
+            async move {
+                let mut response = next.run(request).await;
+                if draining.is_cancelled() {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -85,5 +108,6 @@ pub async fn serve(
         });
     }
     drop(listener);
+    tokio::time::sleep(DRAIN_LINGER).await;
     graceful.shutdown().await;
 }

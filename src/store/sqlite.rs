@@ -105,6 +105,15 @@ impl SqliteStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .after_connect(|conn, _meta| Box::pin(use_wal(conn)))
+            // SQLite rolls a transaction back by itself when a write fails with SQLITE_FULL or
+            // SQLITE_IOERR; sqlx's own ROLLBACK then fails ("no transaction is active") and it
+            // keeps counting the transaction as open, so every later `BEGIN IMMEDIATE` on that
+            // connection fails: after a full disk the receiver answered 503 forever. A
+            // connection given back still "in a transaction" is closed instead of reused.
+            .after_release(|conn, _meta| {
+                let reusable = !sqlx::Connection::is_in_transaction(conn);
+                Box::pin(async move { Ok(reusable) })
+            })
             .connect_lazy_with(connect);
         Ok(SqliteStore {
             pool,

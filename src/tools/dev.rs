@@ -193,6 +193,8 @@ pub fn session_settings(
     settings.gemini_api_key = Some(Redacted::new(DEV_API_KEY));
     settings.allowed_hosts.clear();
     settings.dynamic_webhooks = false;
+    // The stand-in has no WebhookService: nothing to watch.
+    settings.webhook_watch_interval_secs = 0;
     if let SessionSecret::Generated(text) = secret {
         settings.webhook_secrets = vec![Redacted::new(text.clone())];
     }

@@ -3,7 +3,11 @@
 use serde_json::{Value, json};
 
 use super::decide::FailureKind;
-use crate::gemini::{GeminiClient, GeminiError, PointerPolicy, ResourceKind, Work, pointer};
+use crate::gemini::batch::{self, BatchResults};
+use crate::gemini::gcs::{GcsError, GcsReader};
+use crate::gemini::{
+    GeminiClient, GeminiError, Plan, PointerPolicy, ResourceKind, Unfollowable, Work, pointer,
+};
 use crate::results::{ResultKey, ResultsError, ResultsStore, StoredObject, StreamError};
 use crate::store::{ClaimedJob, JobResult, Store, StoredResult};
 
@@ -56,6 +60,21 @@ impl Failure {
         }
     }
 
+    fn from_gcs(error: &GcsError) -> Failure {
+        let kind = if error.is_retryable() {
+            FailureKind::Transient { retry_after: None }
+        } else if error.is_not_found() {
+            FailureKind::NotFound
+        } else {
+            FailureKind::Permanent
+        };
+        Failure {
+            message: crate::telemetry::error_chain(error),
+            kind,
+            result: None,
+        }
+    }
+
     fn from_stream(error: &StreamError<GeminiError>) -> Failure {
         match error {
             StreamError::Source(gemini) => Failure::from_gemini(gemini),
@@ -73,6 +92,9 @@ pub struct Follower {
     pub results: ResultsStore,
     pub policy: PointerPolicy,
     pub store: Store,
+    /// Reads `gs://` pointers, when Cloud Storage credentials are configured (then
+    /// `policy.follow_gcs` is set).
+    pub gcs: Option<GcsReader>,
 }
 
 impl Follower {
@@ -121,9 +143,6 @@ impl Follower {
                     result: Some(Box::new(result("not_followable", None, summary))),
                 })
             }
-            Work::DownloadGcs { .. } => Err(Failure::permanent(
-                "gs:// pointers need Google Cloud Storage access, which gemhook does not have",
-            )),
             Work::FetchInteraction { id } => {
                 let gemini = self.client()?;
                 let interaction = gemini
@@ -140,19 +159,83 @@ impl Follower {
                 *inline = Some(interaction.json);
                 Ok(result("stored", Some(&stored), summary))
             }
-            Work::DownloadFile { file_id } => {
-                let key = download_key(plan.kind, plan.resource_id.as_deref(), file_id);
+            Work::DownloadFile { .. } | Work::DownloadUrl { .. } | Work::DownloadGcs { .. } => {
                 if let Some(reused) = self.reusable(job, plan.kind, &plan.resource_id).await {
                     return Ok(reused_result(&plan, reused, summary));
                 }
-                let gemini = self.client()?;
-                let download = gemini
+                let stored = self.download(&plan, &plan.work).await?;
+                add_download_summary(&mut summary, plan.kind, &stored);
+                Ok(result("stored", Some(&stored), summary))
+            }
+            Work::LookUpBatch { id } => {
+                if let Some(reused) = self.reusable(job, plan.kind, &plan.resource_id).await {
+                    return Ok(reused_result(&plan, reused, summary));
+                }
+                let batch = self
+                    .client()?
+                    .get_batch(id)
+                    .await
+                    .map_err(|e| Failure::from_gemini(&e))?;
+                let stored = match batch::results_of(&batch) {
+                    BatchResults::File(uri) => {
+                        let work = pointer::results_file(&uri, &self.policy);
+                        if let Work::NotFollowable { reason } = &work {
+                            summary["reason"] = json!(reason.to_string());
+                            return Err(Failure {
+                                message: format!(
+                                    "not followed: the batch's results file: {reason}"
+                                ),
+                                kind: FailureKind::Permanent,
+                                result: Some(Box::new(result("not_followable", None, summary))),
+                            });
+                        }
+                        self.download(&plan, &work).await?
+                    }
+                    BatchResults::Inline(responses) => {
+                        summary["inline"] = json!(true);
+                        let key =
+                            ResultKey::batch_results(plan.resource_id.as_deref().unwrap_or(id));
+                        self.results
+                            .store_bytes(&key, batch::to_jsonl(&responses).into())
+                            .await
+                            .map_err(|e| Failure::from_results(&e))?
+                    }
+                    // A webhook can outrun the resource it announces: a few more tries.
+                    BatchResults::NotReady { state } => {
+                        return Err(Failure {
+                            message: format!(
+                                "batch {id} has no results yet (state {})",
+                                state.as_deref().unwrap_or("unknown")
+                            ),
+                            kind: FailureKind::NotFound,
+                            result: None,
+                        });
+                    }
+                    BatchResults::Missing { state } => {
+                        return Err(Failure::permanent(format!(
+                            "batch {id} names neither a responsesFile nor inlinedResponses (state {})",
+                            state.as_deref().unwrap_or("unknown")
+                        )));
+                    }
+                };
+                add_download_summary(&mut summary, plan.kind, &stored);
+                Ok(result("stored", Some(&stored), summary))
+            }
+        }
+    }
+
+    /// Downloads what a file pointer names into the results store: a Gemini file or an
+    /// allowed URL with the API key, a `gs://` object with Cloud Storage credentials.
+    async fn download(&self, plan: &Plan, work: &Work) -> Result<StoredObject, Failure> {
+        match work {
+            Work::DownloadFile { file_id } => {
+                let key = download_key(plan.kind, plan.resource_id.as_deref(), file_id);
+                let download = self
+                    .client()?
                     .download_file(file_id)
                     .await
                     .map_err(|e| Failure::from_gemini(&e))?;
-                let stored = self.store_download(&key, download).await?;
-                add_download_summary(&mut summary, plan.kind, &stored);
-                Ok(result("stored", Some(&stored), summary))
+                self.store_download(&key, download).await
             }
             Work::DownloadUrl { url } => {
                 let fallback = url
@@ -160,18 +243,34 @@ impl Follower {
                     .and_then(|mut s| s.next_back())
                     .unwrap_or("download");
                 let key = download_key(plan.kind, plan.resource_id.as_deref(), fallback);
-                if let Some(reused) = self.reusable(job, plan.kind, &plan.resource_id).await {
-                    return Ok(reused_result(&plan, reused, summary));
-                }
-                let gemini = self.client()?;
-                let download = gemini
+                let download = self
+                    .client()?
                     .download_url(url)
                     .await
                     .map_err(|e| Failure::from_gemini(&e))?;
-                let stored = self.store_download(&key, download).await?;
-                add_download_summary(&mut summary, plan.kind, &stored);
-                Ok(result("stored", Some(&stored), summary))
+                self.store_download(&key, download).await
             }
+            Work::DownloadGcs { bucket, object } => {
+                let fallback = object.rsplit('/').next().unwrap_or(object);
+                let key = download_key(plan.kind, plan.resource_id.as_deref(), fallback);
+                // Planned only when credentials are configured, so a reader exists; checked
+                // anyway rather than assumed.
+                let gcs = self.gcs.as_ref().ok_or_else(|| {
+                    Failure::permanent(format!("not followed: {}", Unfollowable::GcsNotConfigured))
+                })?;
+                let stream = gcs
+                    .open(bucket, object)
+                    .await
+                    .map_err(|e| Failure::from_gcs(&e))?;
+                self.results
+                    .store_stream(&key, stream)
+                    .await
+                    .map_err(|e| match e {
+                        StreamError::Source(gcs) => Failure::from_gcs(&gcs),
+                        StreamError::Store(store) => Failure::from_results(&store),
+                    })
+            }
+            _ => Err(Failure::permanent("not a download")),
         }
     }
 

@@ -58,7 +58,7 @@ fn serve_with_no_secret_on_loopback_prints_a_dev_secret_that_send_then_uses() {
         text(&sent.stdout)
     );
     let secret = std::fs::read_to_string(dir.0.join("data/dev-webhook-secret")).unwrap();
-    let banner = server.output();
+    let banner = output_containing(&server, secret.trim());
     assert!(
         banner.contains(secret.trim()),
         "the banner shows the secret: {banner}"
@@ -74,9 +74,22 @@ fn serve_with_no_secret_on_loopback_prints_a_dev_secret_that_send_then_uses() {
         command.current_dir(&dir.0);
         Gemhook::from_command(command, &["serve"])
     };
-    assert!(again.output().contains(secret.trim()));
+    assert!(output_containing(&again, secret.trim()).contains(secret.trim()));
     again.terminate();
     assert!(again.wait_success());
+}
+
+/// The process's output once it contains `text` (the banner is on stdout, read by another
+/// thread than the stderr log line the start-up waits for), or after 10 s whatever it is.
+fn output_containing(process: &Gemhook, text: &str) -> String {
+    for _ in 0..200 {
+        let output = process.output();
+        if output.contains(text) {
+            return output;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    process.output()
 }
 
 #[test]
@@ -336,6 +349,47 @@ fn events_tail_prints_new_deliveries_as_they_arrive() {
     assert_eq!(seen, ids);
     assert_eq!(lines[0]["status"], "accepted");
     assert_eq!(lines[0]["scheme"], "v1");
+    server.terminate();
+    assert!(server.wait_success());
+}
+
+#[test]
+fn bench_ingest_with_the_wrong_secret_fails_and_says_why() {
+    let dir = Folder::new();
+    let (mut server, address) = {
+        let mut command = gemhook_command(&[("GEMHOOK_WEBHOOK_SECRETS", SECRET)]);
+        command.current_dir(&dir.0);
+        Gemhook::from_command(command, &["serve", "--role", "receiver"])
+    };
+    let url = format!("{address}/webhooks/gemini");
+
+    let output = run(
+        &dir.0,
+        &[],
+        &[
+            "bench",
+            "ingest",
+            "--url",
+            &url,
+            "--secret",
+            OTHER_SECRET,
+            "--requests",
+            "5",
+        ],
+    );
+
+    assert!(!output.status.success(), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("no delivery was accepted (5 failed)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--secret is not the secret"), "{stderr}");
+    assert!(
+        text(&output.stdout).contains("(e.g. 401)"),
+        "{}",
+        text(&output.stdout)
+    );
     server.terminate();
     assert!(server.wait_success());
 }

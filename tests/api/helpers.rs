@@ -266,6 +266,9 @@ pub fn test_settings(db: &TestDatabase, results_dir: &std::path::Path) -> Figmen
         // Hermetic by default: no fetch of Google's JWKS. Dynamic tests turn it on against a
         // local stand-in.
         .merge(("dynamic_webhooks", false))
+        // Nor of the project's webhooks from Google's WebhookService (with the test key): the
+        // watcher's tests turn it on against a local stand-in.
+        .merge(("webhook_watch_interval_secs", 0))
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -4,10 +4,13 @@
 mod availability;
 mod dev;
 mod dynamic;
+mod faults;
 mod first_minutes;
+mod gemini_side;
 mod handoff;
 mod helpers;
 mod operations;
+mod private_pg;
 mod process;
 mod receive;
 mod reliability;

@@ -90,9 +90,12 @@ impl Gemhook {
                 }
             });
         }
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("gemhook did not start: {}", output.lock().unwrap()));
+        let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) else {
+            // Not left running behind a failed test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gemhook did not start: {}", output.lock().unwrap());
+        };
         (Gemhook { child, output }, format!("http://{address}"))
     }
 
@@ -118,6 +121,11 @@ impl Gemhook {
 
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running (it has not exited, nor been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {

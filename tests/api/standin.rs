@@ -66,6 +66,7 @@ impl GeminiStandIn {
         let router = axum::Router::new()
             .route("/download/v1beta/files/{name}", axum::routing::get(file))
             .route("/v1beta/interactions/{id}", axum::routing::get(interaction))
+            .route("/v1beta/batches/{id}", axum::routing::get(batch))
             .route("/elsewhere/{name}", axum::routing::get(elsewhere))
             .with_state(script.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -76,7 +77,8 @@ impl GeminiStandIn {
         GeminiStandIn { url, script, task }
     }
 
-    /// Scripts the answers for a file id, an interaction id or an `/elsewhere/<name>` path.
+    /// Scripts the answers for a file id, an interaction id, `batch:<id>` or an
+    /// `/elsewhere/<name>` path.
     pub fn script(&self, id: &str, answers: impl IntoIterator<Item = Answer>) {
         self.script
             .0
@@ -134,6 +136,21 @@ async fn interaction(
     headers: HeaderMap,
 ) -> Response {
     let answer = next_answer(&script, &id, format!("/v1beta/interactions/{id}"), &headers);
+    respond(answer).await
+}
+
+/// Scripted under `batch:<id>`, so a batch and a file of the same name stay apart.
+async fn batch(
+    State(script): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = next_answer(
+        &script,
+        &format!("batch:{id}"),
+        format!("/v1beta/batches/{id}"),
+        &headers,
+    );
     respond(answer).await
 }
 
