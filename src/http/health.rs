@@ -16,7 +16,7 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 when the database answers and every migration is applied, else 503. The body also
+/// 200 when the database answers, accepts writes and every migration is applied, else 503. The body also
 /// shows the JWKS and the backlog, which do not decide readiness: a replica that cannot reach
 /// Google or has a backlog must still take deliveries.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
@@ -56,6 +56,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "status": if readiness.is_ready() { "ready" } else { "not_ready" },
         "database": readiness.database,
         "migrations_applied": readiness.migrations_applied,
+        "writable": readiness.writable,
         "backlog_age_secs": backlog_age_secs,
         "jwks": jwks,
         "gemini_webhooks": gemini_webhooks,

@@ -7,6 +7,7 @@
 mod group_commit;
 mod pg_deliveries;
 mod pg_jobs;
+mod pg_read_only;
 mod postgres;
 mod sqlite;
 mod sqlite_deliveries;
@@ -158,11 +159,14 @@ pub struct EventRecord {
 pub struct Readiness {
     pub database: bool,
     pub migrations_applied: bool,
+    /// False when the database refuses writes (in recovery, or read-only by default): the
+    /// replica would answer every delivery 503.
+    pub writable: bool,
 }
 
 impl Readiness {
     pub fn is_ready(self) -> bool {
-        self.database && self.migrations_applied
+        self.database && self.migrations_applied && self.writable
     }
 }
 

@@ -13,6 +13,7 @@ use sqlx::{Row, migrate::Migrator};
 
 use super::group_commit::{BatchLimits, GroupWriter};
 use super::pg_jobs::DELIVERIES_CHANNEL;
+use super::pg_read_only::{READ_ONLY_QUERY, ReadOnlyWatch};
 use super::{
     ConnectOptions, EventFilter, EventRecord, EventSummary, JobId, NewEvent, PruneScope, Readiness,
     Recorded, StoreError,
@@ -36,6 +37,7 @@ pub struct PgStore {
     /// hands each transaction to any server connection, so a subscription made on one would
     /// be lost, or worse, left on a connection another client then uses.
     listen: Option<PgPool>,
+    read_only: Arc<ReadOnlyWatch>,
 }
 
 impl PgStore {
@@ -64,9 +66,12 @@ impl PgStore {
                 )
             })
             .transpose()?;
+        let read_only = ReadOnlyWatch::new();
+        let watch = read_only.clone();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .before_acquire(move |connection, meta| Box::pin(watch.clone().keep(connection, meta)))
             .connect_lazy_with(connect);
         Ok(PgStore {
             pool,
@@ -74,6 +79,7 @@ impl PgStore {
             delivery_wakeups: Arc::new(Notify::new()),
             writer: None,
             listen,
+            read_only,
         })
     }
 
@@ -103,20 +109,31 @@ impl PgStore {
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
                 .await;
+        let read_only: Result<bool, sqlx::Error> = sqlx::query_scalar(READ_ONLY_QUERY)
+            .fetch_one(&self.pool)
+            .await;
+        // Arms the pool's check of stale read-only connections for as long as probes see it.
+        if matches!(read_only, Ok(true)) {
+            self.read_only.seen();
+        }
+        let writable = matches!(read_only, Ok(false));
         match applied {
             Ok(applied) => Readiness {
                 database: true,
                 migrations_applied: MIGRATOR.iter().all(|m| applied.contains(&m.version)),
+                writable,
             },
             // The table is missing before the first migration: the database answers, the
             // schema is not there.
             Err(sqlx::Error::Database(_)) => Readiness {
                 database: true,
                 migrations_applied: false,
+                writable,
             },
             Err(_) => Readiness {
                 database: false,
                 migrations_applied: false,
+                writable: false,
             },
         }
     }
@@ -125,6 +142,14 @@ impl PgStore {
     /// together or not at all. `ON CONFLICT DO NOTHING` makes a concurrent duplicate wait for the
     /// first insert's commit and then insert nothing, so 20 simultaneous copies give one row each.
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
+        let recorded = self.record_delivery_once(event).await;
+        if let Err(error) = &recorded {
+            self.read_only.note(error);
+        }
+        recorded
+    }
+
+    async fn record_delivery_once(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
         if let Some(writer) = &self.writer {
             return writer.record(event).await;
         }

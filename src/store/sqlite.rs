@@ -155,16 +155,19 @@ impl SqliteStore {
             Ok(applied) => Readiness {
                 database: true,
                 migrations_applied: MIGRATOR.iter().all(|m| applied.contains(&m.version)),
+                writable: true,
             },
             // The table is missing before the first migration: the database answers, the
             // schema is not there.
             Err(sqlx::Error::Database(_)) => Readiness {
                 database: true,
                 migrations_applied: false,
+                writable: true,
             },
             Err(_) => Readiness {
                 database: false,
                 migrations_applied: false,
+                writable: false,
             },
         }
     }

@@ -272,3 +272,88 @@ async fn ingest_claims_and_the_cli_work_through_pgbouncer_with_listen_on_a_direc
     let logs = format!("{}{}", worker.output(), receiver.output());
     assert!(!logs.contains("prepared statement"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
+async fn a_read_only_database_is_answered_503_and_not_ready_until_it_is_writable_again() {
+    crate::require_postgres!();
+    let app = spawn_app().await;
+    let warm = unique_id();
+    assert_eq!(
+        app.post_signed(&warm, &batch_succeeded("warm"))
+            .await
+            .status(),
+        200
+    );
+    let name = app.db.name.clone();
+    let readyz = |app: &TestApp| {
+        let request = app.client.get(format!("{}/readyz", app.address)).send();
+        async move { status_and_json(request.await.unwrap()).await }
+    };
+
+    // A failover to a read-only primary: the setting, and the old sessions gone.
+    app.db
+        .admin(&format!(
+            r#"ALTER DATABASE "{name}" SET default_transaction_read_only = on"#
+        ))
+        .await;
+    app.db
+        .admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await;
+    let refused: Vec<String> = (0..5).map(|_| unique_id()).collect();
+    let mut statuses = Vec::new();
+    for id in &refused {
+        statuses.push(
+            app.post_signed(id, &batch_succeeded(id))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    let (ready_status, ready_body) = readyz(&app).await;
+
+    // Writable again; the pool still holds sessions opened read-only.
+    app.db
+        .admin(&format!(
+            r#"ALTER DATABASE "{name}" SET default_transaction_read_only = off"#
+        ))
+        .await;
+    let recovered_at = Instant::now();
+    let mut recovered = false;
+    while recovered_at.elapsed() < Duration::from_secs(10) {
+        if readyz(&app).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut retried = Vec::new();
+    for id in &refused {
+        retried.push(
+            app.post_signed(id, &batch_succeeded(id))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(ready_status, 503, "{ready_body}");
+    assert_eq!(ready_body["writable"], false, "{ready_body}");
+    assert!(
+        recovered,
+        "ready again within 10 s of the database turning writable"
+    );
+    assert_eq!(
+        retried,
+        vec![200; 5],
+        "Gemini's retries are taken once writable"
+    );
+    assert_eq!(app.count("events").await, 6);
+}
