@@ -357,3 +357,171 @@ async fn a_read_only_database_is_answered_503_and_not_ready_until_it_is_writable
     );
     assert_eq!(app.count("events").await, 6);
 }
+
+/// How many events the multi-process test sends: a short run in the suite, more from
+/// `bench/scale` (GEMHOOK_BENCH_SCALE_EVENTS).
+fn scale_events() -> usize {
+    std::env::var("GEMHOOK_BENCH_SCALE_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(120)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(gemhook_postgres_tests),
+    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
+)]
+async fn three_receivers_and_two_workers_on_one_database_store_run_and_hand_off_each_event_once() {
+    crate::require_postgres!();
+    use crate::handoff::{Application, http_sink};
+    let events = scale_events();
+    let db = TestDatabase::create().await;
+    let gemini = GeminiStandIn::start().await;
+    let application = Application::default();
+    let sink_url = application.start().await;
+    let dir = std::env::temp_dir().join(format!("gemhook-scale-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sinks.toml");
+    std::fs::write(
+        &config,
+        http_sink("app", &sink_url, "[sinks.filter]\ntypes = [\"*\"]"),
+    )
+    .unwrap();
+    let (config, results) = (
+        config.to_string_lossy().into_owned(),
+        dir.join("results").to_string_lossy().into_owned(),
+    );
+    let env = [
+        ("GEMHOOK_DATABASE_URL", db.url.as_str()),
+        ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
+        ("GEMHOOK_GEMINI_BASE_URL", gemini.url.as_str()),
+        ("GEMINI_API_KEY", GEMINI_API_KEY),
+        ("GEMHOOK_RESULTS_DIR", results.as_str()),
+        ("GEMHOOK_DYNAMIC_WEBHOOKS", "false"),
+        ("GEMHOOK_CONFIG", config.as_str()),
+        ("GEMHOOK_DATABASE_MAX_CONNECTIONS", "8"),
+        // Short, so that the killed worker's job is rescued within the test.
+        ("GEMHOOK_WORKER_LEASE_SECS", "3"),
+        ("GEMHOOK_POLL_INTERVAL_MS", "200"),
+    ];
+    let migrated = gemhook_command(&env).arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+    let mut receivers = Vec::new();
+    let mut addresses = Vec::new();
+    for _ in 0..3 {
+        let (receiver, address) = Gemhook::start(&["serve", "--role", "receiver"], &env);
+        receivers.push(receiver);
+        addresses.push(address);
+    }
+    let client = reqwest::Client::new();
+
+    // The first worker takes a download that stalls mid-body, and is killed during it.
+    gemini.script(
+        "slow",
+        [
+            Answer::StallAfter(bytes::Bytes::from_static(b"{\"half\":")),
+            Answer::Body("{\"k\":\"slow\"}\n".into()),
+        ],
+    );
+    let (mut doomed, _) = Gemhook::start(&["serve", "--role", "worker"], &env);
+    assert_eq!(
+        post_batch(&client, &addresses[0], &unique_id(), "slow").await,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gemini.hits_for("slow:") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gemini.hits_for("slow:"),
+        1,
+        "the first worker started the download"
+    );
+    let (mut survivor, _) = Gemhook::start(&["serve", "--role", "worker"], &env);
+
+    // The load, through every receiver; a third of the events are sent twice at once, each
+    // copy to a different receiver (as Gemini's retries of a slow answer do).
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    for i in 0..events {
+        let file = format!("sc{i}");
+        gemini.script(&file, [Answer::Body(format!("{{\"k\":{i}}}\n").into())]);
+        let id = unique_id();
+        let copies = if i % 3 == 0 { 2 } else { 1 };
+        for copy in 0..copies {
+            let address = addresses[(i + copy) % 3].clone();
+            let (client, id, file) = (client.clone(), id.clone(), file.clone());
+            sends.push(tokio::spawn(async move {
+                post_batch(&client, &address, &id, &file).await
+            }));
+        }
+        if i == events / 2 {
+            doomed.kill();
+        }
+    }
+    let mut statuses = Vec::new();
+    for send in sends {
+        statuses.push(send.await.unwrap());
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+
+    let total = events + 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (completed_jobs(&env) < total || application.received().len() < total)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "scale: {} deliveries ({events} events) through 3 receivers in {ingest_secs:.2} s \
+         ({:.0}/s); all {total} jobs and hand-offs done after {drained_secs:.2} s",
+        statuses.len(),
+        statuses.len() as f64 / ingest_secs
+    );
+    let completed = completed_jobs(&env);
+    let stored: Vec<(i64,)> = sqlx::query_as("SELECT count(*) FROM events")
+        .fetch_all(&sqlx::PgPool::connect(&db.url).await.unwrap())
+        .await
+        .unwrap();
+    for process in receivers.iter_mut().chain([&mut survivor]) {
+        process.terminate();
+        assert!(process.wait_success(), "{}", process.output());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "not all 200: {statuses:?}"
+    );
+    assert_eq!(stored[0].0 as usize, total, "every event stored once");
+    assert_eq!(completed, total, "every job completed");
+    assert_eq!(
+        gemini.hits_for("slow:"),
+        2,
+        "the rescued job downloaded once more"
+    );
+    for i in 0..events {
+        let hits = gemini.hits_for(&format!("sc{i}:"));
+        // A job the killed worker had in flight is downloaded once more; no job three times.
+        assert!(
+            (1..=2).contains(&hits),
+            "file sc{i} downloaded {hits} times"
+        );
+    }
+    let received = application.received();
+    let mut ids_per_event =
+        std::collections::HashMap::<String, std::collections::HashSet<String>>::new();
+    for (delivery_id, outcome) in &received {
+        ids_per_event
+            .entry(outcome["webhook_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(delivery_id.clone());
+    }
+    assert_eq!(ids_per_event.len(), total, "every outcome handed off");
+    assert!(
+        ids_per_event.values().all(|ids| ids.len() == 1),
+        "one stable delivery id per outcome"
+    );
+}
