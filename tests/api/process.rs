@@ -452,16 +452,8 @@ async fn two_gemhook_processes_on_one_sqlite_file_never_process_a_job_twice() {
         let body = format!(
             r#"{{"type":"batch.succeeded","data":{{"id":"batches/t{i}","output_file_uri":"files/two{i}"}}}}"#
         );
-        let timestamp = unix_now();
-        let status = client
-            .post(format!("{address}/webhooks/gemini"))
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                signature(SECRET, &id, timestamp, body.as_bytes()),
-            )
-            .body(body)
+        let url = format!("{address}/webhooks/gemini");
+        let status = signed_request(&client, &url, &id, body)
             .send()
             .await
             .unwrap()
