@@ -477,9 +477,18 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        let unmounted = std::process::Command::new("umount")
             .arg(&self.path)
-            .output();
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !unmounted {
+            // Still busy (a process of a failed test holds a file): detach it now, so no mount
+            // is left behind; the kernel frees it when the last file closes.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .output();
+        }
         let _ = std::fs::remove_dir(&self.path);
     }
 }
