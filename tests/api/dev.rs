@@ -225,7 +225,7 @@ async fn gemhook_dev_takes_every_catalogue_event_from_send_to_a_stored_result_an
     let (mut dev, _) = Gemhook::from_command(command, &["dev", "--gemini-listen", "127.0.0.1:0"]);
 
     // Run the exact command the banner prints, once per catalogue type.
-    let send = printed_send_command(&dev.output());
+    let send = printed_send_command(&dev.output_containing(" send batch.succeeded --url "));
     assert!(send[6].starts_with("whsec_"), "a session secret: {send:?}");
     let mut sent = HashMap::new();
     for &event_type in KNOWN_TYPES {

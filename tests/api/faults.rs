@@ -197,17 +197,8 @@ async fn wait_for_200(address: &str, within: Duration) -> Option<(String, Durati
     let started = Instant::now();
     while started.elapsed() < within {
         let id = unique_id();
-        let body = batch_succeeded("recovery");
-        let timestamp = unix_now();
-        let answered = client
-            .post(format!("{address}/webhooks/gemini"))
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                signature(SECRET, &id, timestamp, body.as_bytes()),
-            )
-            .body(body)
+        let url = format!("{address}/webhooks/gemini");
+        let answered = signed_request(&client, &url, &id, batch_succeeded("recovery"))
             .send()
             .await;
         if answered.is_ok_and(|response| response.status() == 200) {
@@ -486,9 +477,18 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        let unmounted = std::process::Command::new("umount")
             .arg(&self.path)
-            .output();
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !unmounted {
+            // Still busy (a process of a failed test holds a file): detach it now, so no mount
+            // is left behind; the kernel frees it when the last file closes.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .output();
+        }
         let _ = std::fs::remove_dir(&self.path);
     }
 }

@@ -58,7 +58,7 @@ fn serve_with_no_secret_on_loopback_prints_a_dev_secret_that_send_then_uses() {
         text(&sent.stdout)
     );
     let secret = std::fs::read_to_string(dir.0.join("data/dev-webhook-secret")).unwrap();
-    let banner = output_containing(&server, secret.trim());
+    let banner = server.output_containing(secret.trim());
     assert!(
         banner.contains(secret.trim()),
         "the banner shows the secret: {banner}"
@@ -74,22 +74,13 @@ fn serve_with_no_secret_on_loopback_prints_a_dev_secret_that_send_then_uses() {
         command.current_dir(&dir.0);
         Gemhook::from_command(command, &["serve"])
     };
-    assert!(output_containing(&again, secret.trim()).contains(secret.trim()));
+    assert!(
+        again
+            .output_containing(secret.trim())
+            .contains(secret.trim())
+    );
     again.terminate();
     assert!(again.wait_success());
-}
-
-/// The process's output once it contains `text` (the banner is on stdout, read by another
-/// thread than the stderr log line the start-up waits for), or after 10 s whatever it is.
-fn output_containing(process: &Gemhook, text: &str) -> String {
-    for _ in 0..200 {
-        let output = process.output();
-        if output.contains(text) {
-            return output;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    process.output()
 }
 
 #[test]

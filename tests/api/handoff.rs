@@ -338,16 +338,8 @@ async fn the_embedded_library_example_runs_its_handler_for_each_outcome() {
     );
     let id = unique_id();
     let body = event("batch.cancelled", json!({"id": "batches/5"}));
-    let timestamp = unix_now();
-    let status = reqwest::Client::new()
-        .post(format!("{address}/webhooks/gemini"))
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            signature(SECRET, &id, timestamp, body.as_bytes()),
-        )
-        .body(body)
+    let url = format!("{address}/webhooks/gemini");
+    let status = signed_request(&reqwest::Client::new(), &url, &id, body)
         .send()
         .await
         .unwrap()

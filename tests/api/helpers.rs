@@ -45,6 +45,27 @@ pub fn signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String 
     sign_v1(&WebhookSecret::parse(secret).unwrap(), id, timestamp, body)
 }
 
+/// A delivery signed now with [`SECRET`], as Gemini sends it, posted to any receiver's
+/// webhook URL (an app in this process, or a `gemhook` binary): the request, not yet sent.
+pub fn signed_request(
+    client: &reqwest::Client,
+    webhook_url: &str,
+    id: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let timestamp = unix_now();
+    client
+        .post(webhook_url)
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signature(SECRET, id, timestamp, body.as_bytes()),
+        )
+        .body(body)
+}
+
 /// The database backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -119,6 +119,20 @@ impl Gemhook {
         panic!("gemhook did not exit within 15 s");
     }
 
+    /// The output once it contains `text`, or after 10 s whatever it is: what a command
+    /// prints (the banner) is on stdout, read by another thread than the stderr log line the
+    /// start-up waits for, so it can arrive a moment later.
+    pub fn output_containing(&self, text: &str) -> String {
+        for _ in 0..200 {
+            let output = self.output();
+            if output.contains(text) {
+                return output;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.output()
+    }
+
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
@@ -438,16 +452,8 @@ async fn two_gemhook_processes_on_one_sqlite_file_never_process_a_job_twice() {
         let body = format!(
             r#"{{"type":"batch.succeeded","data":{{"id":"batches/t{i}","output_file_uri":"files/two{i}"}}}}"#
         );
-        let timestamp = unix_now();
-        let status = client
-            .post(format!("{address}/webhooks/gemini"))
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                signature(SECRET, &id, timestamp, body.as_bytes()),
-            )
-            .body(body)
+        let url = format!("{address}/webhooks/gemini");
+        let status = signed_request(&client, &url, &id, body)
             .send()
             .await
             .unwrap()

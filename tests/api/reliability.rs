@@ -311,16 +311,7 @@ async fn receivers_sharing_a_database_never_deadlock_on_shared_ids() {
             for id in order {
                 let (client, url, body) = (client.clone(), url.clone(), body.clone());
                 sends.push(async move {
-                    let timestamp = unix_now();
-                    client
-                        .post(&url)
-                        .header("webhook-id", &id)
-                        .header("webhook-timestamp", timestamp.to_string())
-                        .header(
-                            "webhook-signature",
-                            signature(SECRET, &id, timestamp, body.as_bytes()),
-                        )
-                        .body(body)
+                    signed_request(&client, &url, &id, body)
                         .send()
                         .await
                         .unwrap()
