@@ -15,7 +15,8 @@
 //!
 //! Around them: [`config`] (defaults → file → environment), [`telemetry`] (logs), [`observe`]
 //! (metrics), [`retention`] (pruning), [`startup`] (build → port → run until stopped, and the
-//! embeddable [`Server`]), [`cli`] (the commands), [`send`] and [`capture`] (trying and
+//! embeddable [`Server`]), [`dev_secret`] (the development secret of a local `serve`),
+//! [`cli`] (the commands), [`send`] and [`capture`] (trying and
 //! checking a deployment), [`bench`] (the load generator).
 //!
 //! Beside the core, never used by it: [`tools`], with [`tools::gemini_dev`] (a local stand-in

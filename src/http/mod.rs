@@ -49,7 +49,7 @@ struct Shared {
 pub struct ReceiveLimits {
     /// Larger bodies are answered 413.
     pub max_body_bytes: usize,
-    /// Bodies held at once across all requests (see [`Shared::body_budget`]).
+    /// Bodies held at once across all requests (the body budget in the shared state).
     pub max_inflight_body_bytes: usize,
     /// A body that has not arrived whole by then is answered 408.
     pub body_read_timeout: Duration,
