@@ -153,16 +153,7 @@ pub async fn post_batch(client: &reqwest::Client, address: &str, id: &str, file:
     let body = format!(
         r#"{{"type":"batch.succeeded","data":{{"id":"batches/{file}","output_file_uri":"files/{file}"}}}}"#
     );
-    let timestamp = unix_now();
-    client
-        .post(format!("{address}/webhooks/gemini"))
-        .header("webhook-id", id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            signature(SECRET, id, timestamp, body.as_bytes()),
-        )
-        .body(body)
+    signed_request(client, &format!("{address}/webhooks/gemini"), id, body)
         .send()
         .await
         .map(|r| r.status().as_u16())
