@@ -15,7 +15,9 @@ use crate::config::Settings;
 use crate::retention;
 use crate::send::{SecretCommand, SendArgs};
 use crate::startup::{self, Application, Role};
-use crate::store::{EventFilter, EventRecord, EventSummary, JobFilter, JobId, Requeued};
+use crate::store::{
+    EventFilter, EventRecord, EventSummary, JobFilter, JobId, QueueState, Requeued,
+};
 use crate::telemetry;
 use crate::verify::WebhookSecret;
 use chrono::{DateTime, Utc};
@@ -166,8 +168,8 @@ pub enum JobsCommand {
     /// The newest jobs first.
     List {
         /// Only jobs in this state.
-        #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded", "cancelled"])]
-        state: Option<String>,
+        #[arg(long, value_parser = state_parser())]
+        state: Option<QueueState>,
         /// Only jobs of this event type.
         #[arg(long = "type")]
         event_type: Option<String>,
@@ -205,8 +207,8 @@ pub enum DeliveriesCommand {
     /// The newest deliveries first.
     List {
         /// Only deliveries in this state.
-        #[arg(long, value_parser = ["available", "running", "retryable", "completed", "discarded"])]
-        state: Option<String>,
+        #[arg(long, value_parser = state_parser())]
+        state: Option<QueueState>,
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -649,7 +651,7 @@ async fn tail_events(
                     event.event_type.as_deref().unwrap_or("-"),
                     event.status,
                     event.scheme,
-                    event.job_state.as_deref().unwrap_or("-"),
+                    event.job_state.map_or("-", QueueState::as_str),
                 );
             }
             printed += 1;
@@ -787,7 +789,7 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
     match command {
         DeliveriesCommand::List { state, json, limit } => {
             let deliveries = store
-                .list_deliveries(state.as_deref(), limit)
+                .list_deliveries(state, limit)
                 .await
                 .context("listing deliveries")?;
             if json {
@@ -939,7 +941,7 @@ fn print_event_table(events: &[EventSummary]) {
             e.webhook_id,
             e.event_type.as_deref().unwrap_or("-"),
             e.status,
-            e.job_state.as_deref().unwrap_or("-"),
+            e.job_state.map_or("-", QueueState::as_str),
         );
     }
 }
@@ -979,11 +981,20 @@ fn print_event(event: &EventRecord) {
     println!("webhook_timestamp: {}", event.webhook_timestamp);
     println!(
         "job_state:         {}",
-        s.job_state.as_deref().unwrap_or("-")
+        s.job_state.map_or("-", QueueState::as_str)
     );
     println!("headers:           {}", event.headers);
     match std::str::from_utf8(&event.body) {
         Ok(text) => println!("body:\n{text}"),
         Err(_) => println!("body (base64):\n{}", STANDARD.encode(&event.body)),
     }
+}
+
+/// `--state`: one of the queue's state words, listed in `--help`.
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = QueueState> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(QueueState::ALL.map(QueueState::as_str)).map(|word| {
+        word.parse::<QueueState>()
+            .expect("the possible values are the states")
+    })
 }

@@ -104,20 +104,10 @@ pub fn jwks_fetch(ok: bool) {
     metrics::counter!("gemhook_jwks_fetches_total", "result" => result).increment(1);
 }
 
-/// Gauges read at scrape time.
-pub fn queue_gauges(by_state: &[(String, i64)], backlog_age_secs: f64) {
-    for state in [
-        "available",
-        "running",
-        "retryable",
-        "completed",
-        "discarded",
-        "cancelled",
-    ] {
-        let count = by_state
-            .iter()
-            .find(|(s, _)| s == state)
-            .map_or(0, |(_, n)| *n);
+/// Gauges read at scrape time: one `gemhook_jobs` series per state, 0 included, so a state
+/// that empties reads 0 instead of keeping its last value.
+pub fn queue_gauges(by_state: &[(&'static str, i64)], backlog_age_secs: f64) {
+    for &(state, count) in by_state {
         metrics::gauge!("gemhook_jobs", "state" => state).set(count as f64);
     }
     metrics::gauge!("gemhook_backlog_age_seconds").set(backlog_age_secs);

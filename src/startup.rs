@@ -20,7 +20,7 @@ use crate::http::{self, AppState};
 use crate::jwks::JwksCache;
 use crate::observe;
 use crate::results::ResultsStore;
-use crate::store::{ConnectOptions, Store, StoreError};
+use crate::store::{ConnectOptions, Dialect, Store, StoreError};
 use crate::telemetry::error_chain;
 use crate::worker::{Follower, Worker};
 
@@ -367,9 +367,9 @@ pub async fn open(settings: &Settings) -> Result<Store, StartupError> {
         }
     }
     let store = connect(settings)?;
-    match store {
-        Store::Sqlite(_) => store.migrate().await?,
-        Store::Postgres(_) => store.check_connection().await?,
+    match store.dialect() {
+        Dialect::Sqlite => store.migrate().await?,
+        Dialect::Postgres => store.check_connection().await?,
     }
     Ok(store)
 }

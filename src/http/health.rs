@@ -69,7 +69,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let shared = &state.inner;
     match shared.store.queue_stats().await {
-        Ok(stats) => observe::queue_gauges(&stats.by_state, stats.backlog_age_secs),
+        Ok(stats) => observe::queue_gauges(&stats.every_state(), stats.backlog_age_secs),
         Err(error) => tracing::warn!(error = %error_chain(&error), "queue gauges not refreshed"),
     }
     if let Some(jwks) = &shared.jwks {

@@ -1,18 +1,27 @@
-//! Durable state: events (the idempotency table) and jobs (the queue), behind one seam.
+//! Durable state: events (the idempotency table), the two queues (jobs, deliveries), results
+//! and outcomes, behind one seam with a Postgres and an embedded SQLite backend.
 //!
-//! [`Store`] is an enum over backends rather than a trait object: the set of backends is closed
-//! (Postgres for production, an embedded one later), static dispatch keeps the ack path free of
-//! boxing, and the HTTP and worker modules never see SQL.
+//! The house, from the bottom: [`db`] is the seam (a pool of either database, the few SQL
+//! fragments and codecs that differ); [`queue`] is the state machine both queues share,
+//! written once; `events`, `jobs` and `deliveries` are the operations on each table, written
+//! once over the seam; `postgres` and `sqlite` hold only what really differs between the
+//! backends (connecting, migrating, readiness, the ack path's write, wake-ups across processes).
+//! The HTTP and worker modules never see SQL.
 
+#[cfg(test)]
+mod conformance;
+mod db;
+mod deliveries;
+mod events;
 mod group_commit;
-mod pg_deliveries;
-mod pg_jobs;
+mod jobs;
 mod pg_read_only;
 mod postgres;
+pub mod queue;
 mod sqlite;
-mod sqlite_deliveries;
-mod sqlite_jobs;
 pub mod storable;
+#[cfg(test)]
+mod testing;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -25,10 +34,12 @@ use tokio::sync::Notify;
 
 use crate::envelope::Envelope;
 use crate::verify::Scheme;
+use db::{Db, Exec as _};
 
+pub use db::Dialect;
 pub use group_commit::BatchLimits;
-pub use postgres::PgStore;
-pub use sqlite::{SqliteStore, file_of as sqlite_file};
+pub use queue::{QueueState, UnknownState};
+pub use sqlite::file_of as sqlite_file;
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -137,7 +148,7 @@ pub struct EventSummary {
     pub scheme: String,
     pub received_at: DateTime<Utc>,
     /// The state of the event's job, if it has one.
-    pub job_state: Option<String>,
+    pub job_state: Option<QueueState>,
 }
 
 /// Everything stored about one event.
@@ -170,110 +181,187 @@ impl Readiness {
     }
 }
 
-/// The store: one variant per backend.
+/// Readiness from the applied migrations' versions (or why they could not be read).
+fn readiness_from(
+    migrator: &sqlx::migrate::Migrator,
+    applied: Result<Vec<i64>, sqlx::Error>,
+    writable: bool,
+) -> Readiness {
+    match applied {
+        Ok(applied) => Readiness {
+            database: true,
+            migrations_applied: migrator.iter().all(|m| applied.contains(&m.version)),
+            writable,
+        },
+        // The table is missing before the first migration: the database answers, the schema
+        // is not there.
+        Err(sqlx::Error::Database(_)) => Readiness {
+            database: true,
+            migrations_applied: false,
+            writable,
+        },
+        Err(_) => Readiness {
+            database: false,
+            migrations_applied: false,
+            writable: false,
+        },
+    }
+}
+
+/// The store: one pool, the in-process wake-ups, and what is particular to its backend.
 #[derive(Debug, Clone)]
-pub enum Store {
-    Postgres(PgStore),
-    /// The embedded default: one file, one writer at a time, in-process wake-ups.
-    Sqlite(SqliteStore),
+pub struct Store {
+    db: Db,
+    wakeups: Wakeups,
+    backend: Backend,
+}
+
+/// In-process wake-ups: a worker or dispatcher of this process starts at once when this
+/// process queues something (other processes' work arrives by `LISTEN`, or the poll).
+#[derive(Debug, Clone, Default)]
+struct Wakeups {
+    jobs: Arc<Notify>,
+    deliveries: Arc<Notify>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Postgres(postgres::Postgres),
+    Sqlite,
+}
+
+impl QueueStats {
+    /// Every state with its count, 0 for the states no job is in.
+    pub fn every_state(&self) -> Vec<(&'static str, i64)> {
+        QueueState::ALL
+            .iter()
+            .map(|&state| {
+                let count = self.by_state.iter().find(|(s, _)| *s == state);
+                (state.as_str(), count.map_or(0, |(_, n)| *n))
+            })
+            .collect()
+    }
 }
 
 impl Store {
     /// Connects lazily: nothing is dialled until the first statement, so a process can start
     /// (and answer `/healthz`) while its database is still coming up.
     pub fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Store, StoreError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PgStore::connect_lazy(url, options)?))
+        let (db, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let (pool, parts) = postgres::connect_lazy(url, options)?;
+            (Db::Postgres(pool), Backend::Postgres(parts))
         } else if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::connect_lazy(url, options)?))
+            (
+                Db::Sqlite(sqlite::connect_lazy(url, options)?),
+                Backend::Sqlite,
+            )
         } else {
-            Err(StoreError::UnsupportedUrl)
-        }
+            return Err(StoreError::UnsupportedUrl);
+        };
+        Ok(Store {
+            db,
+            wakeups: Wakeups::default(),
+            backend,
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        (&self.db).dialect()
     }
 
     /// Routes `record_delivery` through a group-commit writer (see `group_commit`): `writers`
-    /// tasks, batches within `limits`. `writers = 0` keeps one statement
-    /// per delivery. Backends whose writes are serialised anyway ignore it.
-    pub fn with_group_commit(self, writers: usize, limits: BatchLimits) -> Store {
-        match self {
-            Store::Postgres(s) => Store::Postgres(s.with_group_commit(writers, limits)),
-            Store::Sqlite(s) => Store::Sqlite(s),
+    /// tasks, batches within `limits`. `writers = 0` keeps one statement per delivery. SQLite
+    /// ignores it: its writes are serialised anyway, and each delivery is one short
+    /// transaction.
+    pub fn with_group_commit(mut self, writers: usize, limits: BatchLimits) -> Store {
+        if let (Backend::Postgres(parts), Db::Postgres(pool)) = (&mut self.backend, &self.db) {
+            parts.start_group_commit(pool, &self.wakeups.jobs, writers, limits);
         }
+        self
     }
 
     /// Connects once, directly, with the pool's options: the pool reports only "timed out"
     /// when it cannot connect, this says why (refused, unknown host, authentication).
     pub async fn check_connection(&self) -> Result<(), StoreError> {
-        use sqlx::ConnectOptions as _;
-        use sqlx::Connection as _;
-        match self {
-            Store::Postgres(s) => {
-                let options = s.pool().connect_options();
-                let target = format!(
-                    "{}:{}/{}",
-                    options.get_host(),
-                    options.get_port(),
-                    options.get_database().unwrap_or("postgres")
-                );
-                let connection = options
-                    .connect()
-                    .await
-                    .map_err(|source| StoreError::Connect { target, source })?;
-                let _ = connection.close().await;
-                Ok(())
-            }
-            Store::Sqlite(_) => Ok(()),
+        match &self.db {
+            Db::Postgres(pool) => postgres::check_connection(pool).await,
+            Db::Sqlite(_) => Ok(()),
         }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.migrate().await,
-            Store::Sqlite(s) => s.migrate().await,
+        match &self.db {
+            Db::Postgres(pool) => postgres::migrate(pool).await,
+            Db::Sqlite(pool) => sqlite::migrate(pool).await,
         }
     }
 
     pub async fn readiness(&self) -> Readiness {
-        match self {
-            Store::Postgres(s) => s.readiness().await,
-            Store::Sqlite(s) => s.readiness().await,
+        match (&self.db, &self.backend) {
+            (Db::Postgres(pool), Backend::Postgres(parts)) => parts.readiness(pool).await,
+            (Db::Sqlite(pool), _) => sqlite::readiness(pool).await,
+            (Db::Postgres(_), Backend::Sqlite) => unreachable!("a Postgres pool has its parts"),
         }
     }
 
     /// Records a verified delivery and enqueues its job atomically, or reports a duplicate.
     /// Returns only once the outcome is durable.
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
-        match self {
-            Store::Postgres(s) => s.record_delivery(event).await,
-            Store::Sqlite(s) => s.record_delivery(event).await,
+        let recorded = match (&self.db, &self.backend) {
+            (Db::Postgres(pool), Backend::Postgres(parts)) => {
+                parts.record_delivery(pool, event).await
+            }
+            (Db::Sqlite(pool), _) => sqlite::record_delivery(pool, event).await,
+            (Db::Postgres(_), Backend::Sqlite) => unreachable!("a Postgres pool has its parts"),
+        };
+        if let Ok(Recorded::Accepted { .. }) = recorded {
+            // A worker in this process starts at once, without the NOTIFY round trip.
+            self.wakeups.jobs.notify_one();
         }
+        recorded
     }
 
-    /// The newest events first.
-    pub async fn list_events(
-        &self,
-        filter: &EventFilter,
-        limit: i64,
-    ) -> Result<Vec<EventSummary>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.list_events(filter, limit).await,
-            Store::Sqlite(s) => s.list_events(filter, limit).await,
-        }
+    /// Resolves when new jobs may be runnable: a wake-up from this process's receiver, or from
+    /// any process through the database. Spurious wake-ups are harmless (the claim finds
+    /// nothing).
+    pub fn job_wakeups(&self) -> Arc<Notify> {
+        self.wakeups.jobs.clone()
     }
 
-    pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.find_event(webhook_id).await,
-            Store::Sqlite(s) => s.find_event(webhook_id).await,
+    /// Like [`Store::job_wakeups`], for hand-off deliveries.
+    pub fn delivery_wakeups(&self) -> Arc<Notify> {
+        self.wakeups.deliveries.clone()
+    }
+
+    /// Starts delivering other processes' wake-ups to [`Store::job_wakeups`] and
+    /// [`Store::delivery_wakeups`] (Postgres `LISTEN`). SQLite has no channel between
+    /// processes: work queued by another process on the same file is found by the fallback
+    /// poll.
+    pub fn listen_for_jobs(&self) {
+        if let (Db::Postgres(pool), Backend::Postgres(parts)) = (&self.db, &self.backend) {
+            parts.listen(pool, &self.wakeups.jobs, &self.wakeups.deliveries);
         }
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
-        match self {
-            Store::Postgres(s) => s.close().await,
-            Store::Sqlite(s) => s.close().await,
+        if let Backend::Postgres(parts) = &self.backend {
+            parts.close().await;
         }
+        match &self.db {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    /// Wakes this process's claimers of `queue` and, through the database, other processes'.
+    async fn wake(&self, queue: &queue::QueueKind) -> Result<(), StoreError> {
+        if queue.table == queue::JOBS.table {
+            self.wakeups.jobs.notify_one();
+        } else {
+            self.wakeups.deliveries.notify_one();
+        }
+        queue::notify(&self.db, queue).await
     }
 }
 
@@ -317,7 +405,7 @@ pub struct JobSummary {
     pub webhook_id: String,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    pub state: String,
+    pub state: QueueState,
     pub attempt: i32,
     pub scheduled_at: DateTime<Utc>,
     pub attempted_at: Option<DateTime<Utc>>,
@@ -348,215 +436,14 @@ pub enum Requeued {
     NotFound,
 }
 
-impl Store {
-    /// Claims up to `limit` runnable jobs for `worker_id`, leased for `lease`.
-    pub async fn claim_jobs(
-        &self,
-        worker_id: &str,
-        lease: Duration,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.claim_jobs(worker_id, lease, limit).await,
-            Store::Sqlite(s) => s.claim_jobs(worker_id, lease, limit).await,
-        }
-    }
-
-    /// Extends a running job's lease; false when the job is no longer ours.
-    pub async fn heartbeat(
-        &self,
-        job: &ClaimedJob,
-        worker_id: &str,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Postgres(s) => s.heartbeat(job, worker_id, lease).await,
-            Store::Sqlite(s) => s.heartbeat(job, worker_id, lease).await,
-        }
-    }
-
-    /// Marks the job completed and records its result, if it is still this attempt's.
-    pub async fn complete_if_running(
-        &self,
-        job: &ClaimedJob,
-        result: &JobResult,
-        handoff: Option<&Handoff>,
-    ) -> Result<bool, StoreError> {
-        let result = storable_result(result);
-        let handoff = handoff.map(storable_handoff);
-        let (result, handoff) = (result.as_ref(), handoff.as_ref().map(Cow::as_ref));
-        match self {
-            Store::Postgres(s) => s.complete_if_running(job, result, handoff).await,
-            Store::Sqlite(s) => s.complete_if_running(job, result, handoff).await,
-        }
-    }
-
-    /// Schedules another attempt after `delay`, keeping the error.
-    pub async fn retry_if_running(
-        &self,
-        job: &ClaimedJob,
-        error: &str,
-        delay: Duration,
-    ) -> Result<bool, StoreError> {
-        let error = &storable::unindexed_text(error);
-        match self {
-            Store::Postgres(s) => s.retry_if_running(job, error, delay).await,
-            Store::Sqlite(s) => s.retry_if_running(job, error, delay).await,
-        }
-    }
-
-    /// Dead-letters the job with its final error (and a result, when there is one to keep).
-    pub async fn discard_if_running(
-        &self,
-        job: &ClaimedJob,
-        error: &str,
-        result: Option<&JobResult>,
-        handoff: Option<&Handoff>,
-    ) -> Result<bool, StoreError> {
-        let error = &storable::unindexed_text(error);
-        let result = result.map(storable_result);
-        let handoff = handoff.map(storable_handoff);
-        let (result, handoff) = (
-            result.as_ref().map(Cow::as_ref),
-            handoff.as_ref().map(Cow::as_ref),
-        );
-        match self {
-            Store::Postgres(s) => s.discard_if_running(job, error, result, handoff).await,
-            Store::Sqlite(s) => s.discard_if_running(job, error, result, handoff).await,
-        }
-    }
-
-    /// Gives a running job back (shutdown): available at once, the attempt not counted.
-    pub async fn release_if_running(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
-        match self {
-            Store::Postgres(s) => s.release_if_running(job).await,
-            Store::Sqlite(s) => s.release_if_running(job).await,
-        }
-    }
-
-    /// Running jobs whose lease expired (their worker died) become retryable, or discarded when
-    /// they had their last attempt. Returns how many were rescued.
-    pub async fn rescue_expired_leases(&self, max_attempts: i32) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.rescue_expired_leases(max_attempts).await,
-            Store::Sqlite(s) => s.rescue_expired_leases(max_attempts).await,
-        }
-    }
-
-    /// A result another job already stored for this resource.
-    pub async fn find_stored_result(
-        &self,
-        resource_kind: &str,
-        resource_id: &str,
-        except_job: JobId,
-    ) -> Result<Option<StoredResult>, StoreError> {
-        match self {
-            Store::Postgres(s) => {
-                s.find_stored_result(resource_kind, resource_id, except_job)
-                    .await
-            }
-            Store::Sqlite(s) => {
-                s.find_stored_result(resource_kind, resource_id, except_job)
-                    .await
-            }
-        }
-    }
-
-    pub async fn list_jobs(
-        &self,
-        filter: &JobFilter,
-        limit: i64,
-    ) -> Result<Vec<JobSummary>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.list_jobs(filter, limit).await,
-            Store::Sqlite(s) => s.list_jobs(filter, limit).await,
-        }
-    }
-
-    pub async fn find_job(&self, id: JobId) -> Result<Option<JobDetail>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.find_job(id).await,
-            Store::Sqlite(s) => s.find_job(id).await,
-        }
-    }
-
-    /// Re-queues one job that is not running (attempts start again from zero).
-    pub async fn requeue_job(&self, id: JobId) -> Result<Requeued, StoreError> {
-        match self {
-            Store::Postgres(s) => s.requeue_job(id).await,
-            Store::Sqlite(s) => s.requeue_job(id).await,
-        }
-    }
-
-    /// Re-queues every discarded job; returns how many.
-    pub async fn requeue_discarded(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.requeue_discarded().await,
-            Store::Sqlite(s) => s.requeue_discarded().await,
-        }
-    }
-
-    /// Processes a stored event again: its job is re-queued.
-    pub async fn replay_event(&self, webhook_id: &str) -> Result<Requeued, StoreError> {
-        match self {
-            Store::Postgres(s) => s.replay_event(webhook_id).await,
-            Store::Sqlite(s) => s.replay_event(webhook_id).await,
-        }
-    }
-
-    /// Resolves when new jobs may be runnable: a wake-up from this process's receiver, or from
-    /// any process through the database. Spurious wake-ups are harmless (the claim finds
-    /// nothing).
-    pub fn job_wakeups(&self) -> Arc<Notify> {
-        match self {
-            Store::Postgres(s) => s.job_wakeups(),
-            Store::Sqlite(s) => s.job_wakeups(),
-        }
-    }
-
-    /// Like [`Store::job_wakeups`], for hand-off deliveries.
-    pub fn delivery_wakeups(&self) -> Arc<Notify> {
-        match self {
-            Store::Postgres(s) => s.delivery_wakeups(),
-            Store::Sqlite(s) => s.delivery_wakeups(),
-        }
-    }
-
-    /// Starts delivering other processes' wake-ups to [`Store::job_wakeups`] (Postgres
-    /// `LISTEN`); a no-op where the backend has no such channel.
-    pub fn listen_for_jobs(&self) {
-        match self {
-            Store::Postgres(s) => s.listen_for_jobs(),
-            Store::Sqlite(s) => s.listen_for_jobs(),
-        }
-    }
-}
-
 /// The queue at a glance: for metrics, readiness and `gemhook stats`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
     /// Jobs per state (states with no job are absent).
-    pub by_state: Vec<(String, i64)>,
+    pub by_state: Vec<(QueueState, i64)>,
     /// Seconds since the oldest runnable job became due; 0 when none waits. The number on-call
     /// looks at first: it grows when workers are down or too few.
     pub backlog_age_secs: f64,
-}
-
-impl Store {
-    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
-        match self {
-            Store::Postgres(s) => s.queue_stats().await,
-            Store::Sqlite(s) => s.queue_stats().await,
-        }
-    }
-
-    /// Dead letters grouped by their last error, most common first.
-    pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.discard_reasons(limit).await,
-            Store::Sqlite(s) => s.discard_reasons(limit).await,
-        }
-    }
 }
 
 /// Which events `gemhook events list` shows; `None` fields do not filter.
@@ -570,7 +457,7 @@ pub struct EventFilter {
 /// Which jobs `gemhook jobs list` shows; `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub state: Option<String>,
+    pub state: Option<QueueState>,
     pub event_type: Option<String>,
     pub since: Option<DateTime<Utc>>,
 }
@@ -583,25 +470,6 @@ pub struct JobFilter {
 pub struct PruneScope {
     pub cutoff: DateTime<Utc>,
     pub include_discarded: bool,
-}
-
-impl Store {
-    /// Deletes up to `batch` prunable events; returns how many. Small batches keep each
-    /// statement short, so pruning never holds locks the ack path waits on for long.
-    pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.prune_batch(scope, batch).await,
-            Store::Sqlite(s) => s.prune_batch(scope, batch).await,
-        }
-    }
-
-    /// How many events [`Store::prune_batch`] would delete in all (for `--dry-run`).
-    pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.count_prunable(scope).await,
-            Store::Sqlite(s) => s.count_prunable(scope).await,
-        }
-    }
 }
 
 /// A finished job's outcome and the sinks it goes to: written in the job's finishing
@@ -666,7 +534,7 @@ pub struct DeliverySummary {
     pub id: i64,
     pub webhook_id: String,
     pub sink: String,
-    pub state: String,
+    pub state: QueueState,
     pub attempt: i32,
     pub scheduled_at: DateTime<Utc>,
     pub finalized_at: Option<DateTime<Utc>>,
@@ -684,88 +552,4 @@ pub struct DeliveryRecord {
     pub errors: serde_json::Value,
     /// The outcome JSON the sink is sent.
     pub outcome: serde_json::Value,
-}
-
-impl Store {
-    pub async fn claim_deliveries(
-        &self,
-        worker_id: &str,
-        lease: Duration,
-        limit: i64,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.claim_deliveries(worker_id, lease, limit).await,
-            Store::Sqlite(s) => s.claim_deliveries(worker_id, lease, limit).await,
-        }
-    }
-
-    /// Finishes a delivery attempt if it is still this attempt's: `Ok(())` completes it,
-    /// `Err((error, Some(delay)))` schedules a retry, `Err((error, None))` dead-letters it.
-    pub async fn finish_delivery(
-        &self,
-        delivery: &ClaimedDelivery,
-        outcome: Result<(), (&str, Option<Duration>)>,
-    ) -> Result<bool, StoreError> {
-        let error = outcome
-            .err()
-            .map(|(error, delay)| (storable::unindexed_text(error), delay));
-        let outcome = match &error {
-            None => Ok(()),
-            Some((error, delay)) => Err((error.as_ref(), *delay)),
-        };
-        match self {
-            Store::Postgres(s) => s.finish_delivery(delivery, outcome).await,
-            Store::Sqlite(s) => s.finish_delivery(delivery, outcome).await,
-        }
-    }
-
-    pub async fn rescue_expired_deliveries(&self, max_attempts: i32) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.rescue_expired_deliveries(max_attempts).await,
-            Store::Sqlite(s) => s.rescue_expired_deliveries(max_attempts).await,
-        }
-    }
-
-    pub async fn list_deliveries(
-        &self,
-        state: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeliverySummary>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.list_deliveries(state, None, limit).await,
-            Store::Sqlite(s) => s.list_deliveries(state, None, limit).await,
-        }
-    }
-
-    /// Re-queues one delivery (`Some(id)`) or every discarded one (`None`); returns how many.
-    /// One delivery with every attempt's error and the outcome it sends.
-    pub async fn find_delivery(&self, id: i64) -> Result<Option<DeliveryRecord>, StoreError> {
-        let (summary, detail) = match self {
-            Store::Postgres(s) => (
-                s.list_deliveries(None, Some(id), 1).await?,
-                s.delivery_detail(id).await?,
-            ),
-            Store::Sqlite(s) => (
-                s.list_deliveries(None, Some(id), 1).await?,
-                s.delivery_detail(id).await?,
-            ),
-        };
-        Ok(summary
-            .into_iter()
-            .next()
-            .zip(detail)
-            .map(|(summary, (errors, outcome, revision))| DeliveryRecord {
-                summary,
-                revision,
-                errors,
-                outcome,
-            }))
-    }
-
-    pub async fn requeue_deliveries(&self, id: Option<i64>) -> Result<u64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.requeue_deliveries(id).await,
-            Store::Sqlite(s) => s.requeue_deliveries(id).await,
-        }
-    }
 }

@@ -1,0 +1,103 @@
+//! Reading and pruning events, written once over the seam (recording them is the ack path's,
+//! in `postgres` and `sqlite`).
+
+use super::db::{Arg, Exec, Row};
+use super::queue::opt_state;
+use super::{EventFilter, EventRecord, EventSummary, PruneScope, Store, StoreError};
+
+/// What a list shows of an event (never its body: a list of large bodies would be slow).
+const SUMMARY_COLUMNS: &str = "e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme,
+    e.received_at, j.state AS job_state";
+const FROM: &str = "FROM events e LEFT JOIN jobs j ON j.event_id = e.id";
+
+/// Old enough, and finished (or dead-lettered when asked): never a job still in flight.
+const PRUNABLE: &str =
+    "e.received_at < $1 AND (j.id IS NULL OR j.state IN ('completed', 'cancelled')
+    OR ($2 AND j.state = 'discarded'))";
+
+impl Store {
+    /// The newest events first.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} {FROM}
+             WHERE ($2 IS NULL OR e.event_type = $2)
+               AND ($3 IS NULL OR e.status = $3)
+               AND ($4 IS NULL OR e.received_at >= $4)
+             ORDER BY e.received_at DESC, e.id DESC
+             LIMIT $1"
+        );
+        let args = [
+            Arg::Int(limit.max(0)),
+            Arg::OptText(filter.event_type.as_deref()),
+            Arg::OptText(filter.status.as_deref()),
+            Arg::OptTime(filter.since),
+        ];
+        let rows = (&self.db).fetch_all(&sql, &args).await?;
+        rows.iter().map(summary).collect()
+    }
+
+    pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, e.webhook_timestamp, e.headers, e.altered, e.body
+             {FROM} WHERE e.webhook_id = $1"
+        );
+        let row = (&self.db)
+            .fetch_optional(&sql, &[Arg::Text(webhook_id)])
+            .await?;
+        row.map(|row| {
+            Ok(EventRecord {
+                summary: summary(&row)?,
+                webhook_timestamp: row.get("webhook_timestamp")?,
+                headers: row.get("headers")?,
+                altered: row.get("altered")?,
+                body: row.get("body")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes up to `batch` prunable events; returns how many. Small batches keep each
+    /// statement short, so pruning never holds locks the ack path waits on for long. Their
+    /// jobs, results, outcomes and deliveries go with them (`ON DELETE CASCADE`; SQLite
+    /// enforces it because every connection turns `foreign_keys` on).
+    pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM events WHERE id IN (
+                 SELECT e.id {FROM} WHERE {PRUNABLE} ORDER BY e.id LIMIT $3)"
+        );
+        let args = [
+            Arg::OptTime(Some(scope.cutoff)),
+            Arg::Bool(scope.include_discarded),
+            Arg::Int(batch.max(0)),
+        ];
+        (&self.db).execute(&sql, &args).await
+    }
+
+    /// How many events [`Store::prune_batch`] would delete in all (for `--dry-run`).
+    pub async fn count_prunable(&self, scope: &PruneScope) -> Result<u64, StoreError> {
+        let sql = format!("SELECT count(*) AS n {FROM} WHERE {PRUNABLE}");
+        let args = [
+            Arg::OptTime(Some(scope.cutoff)),
+            Arg::Bool(scope.include_discarded),
+        ];
+        let row = (&self.db).fetch_optional(&sql, &args).await?;
+        let count: i64 = row.map(|row| row.get("n")).transpose()?.unwrap_or(0);
+        Ok(count as u64)
+    }
+}
+
+fn summary(row: &Row) -> Result<EventSummary, StoreError> {
+    Ok(EventSummary {
+        webhook_id: row.get("webhook_id")?,
+        event_type: row.get("event_type")?,
+        resource_id: row.get("resource_id")?,
+        status: row.get("status")?,
+        scheme: row.get("scheme")?,
+        received_at: row.time("received_at")?,
+        job_state: opt_state(row, "job_state")?,
+    })
+}

@@ -1,0 +1,315 @@
+//! The jobs queue: an event's pointers to follow. The state machine is [`super::queue`]'s;
+//! what is particular to jobs is here: what a claim returns, the result a finish records, and
+//! the hand-off it queues in the same transaction.
+
+use std::time::Duration;
+
+use super::db::{Arg, Exec, Row, Tx};
+use super::deliveries::queue_handoff;
+use super::queue::{self, Finish, JOBS, RequeuedOne, state};
+use super::{
+    ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
+    Store, StoreError, StoredResult, storable, storable_handoff, storable_result,
+};
+
+impl Store {
+    /// Claims up to `limit` runnable jobs for `worker_id`, leased for `lease`.
+    pub async fn claim_jobs(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let rows = queue::claim(&self.db, &JOBS, worker_id, lease, limit).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedJob {
+                    id: JobId(row.get("id")?),
+                    attempt: row.get("attempt")?,
+                    webhook_id: row.get("webhook_id")?,
+                    event_type: row.get("event_type")?,
+                    body: row.get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends a running job's lease; false when the job is no longer ours.
+    pub async fn heartbeat(
+        &self,
+        job: &ClaimedJob,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        queue::heartbeat(&self.db, &JOBS, (job.id.0, job.attempt), worker_id, lease).await
+    }
+
+    /// Marks the job completed and records its result, if it is still this attempt's.
+    pub async fn complete_if_running(
+        &self,
+        job: &ClaimedJob,
+        result: &JobResult,
+        handoff: Option<&Handoff>,
+    ) -> Result<bool, StoreError> {
+        self.finish_job(job, Finish::Completed, Some(result), handoff)
+            .await
+    }
+
+    /// Schedules another attempt after `delay`, keeping the error.
+    pub async fn retry_if_running(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        let error = storable::unindexed_text(error);
+        let how = Finish::Retry {
+            error: &error,
+            delay,
+        };
+        queue::finish(&self.db, &JOBS, (job.id.0, job.attempt), how).await
+    }
+
+    /// Dead-letters the job with its final error (and a result, when there is one to keep).
+    pub async fn discard_if_running(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        result: Option<&JobResult>,
+        handoff: Option<&Handoff>,
+    ) -> Result<bool, StoreError> {
+        let error = storable::unindexed_text(error);
+        let how = Finish::Discard { error: &error };
+        self.finish_job(job, how, result, handoff).await
+    }
+
+    /// Gives a running job back (shutdown): available at once, the attempt not counted.
+    pub async fn release_if_running(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
+        let released =
+            queue::finish(&self.db, &JOBS, (job.id.0, job.attempt), Finish::Release).await?;
+        if released {
+            // Another worker may take it at once.
+            self.wake(&JOBS).await?;
+        }
+        Ok(released)
+    }
+
+    /// The guarded finish, the result and the hand-off in one transaction: a job is never
+    /// finished without its hand-off queued, nor its hand-off queued twice.
+    async fn finish_job(
+        &self,
+        job: &ClaimedJob,
+        how: Finish<'_>,
+        result: Option<&JobResult>,
+        handoff: Option<&Handoff>,
+    ) -> Result<bool, StoreError> {
+        let result = result.map(storable_result);
+        let handoff = handoff.map(storable_handoff);
+        let mut tx = self.db.begin().await?;
+        if !queue::finish(&mut tx, &JOBS, (job.id.0, job.attempt), how).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(result) = &result {
+            upsert_result(&mut tx, job.id, result).await?;
+        }
+        let handed_off = match &handoff {
+            Some(handoff) => queue_handoff(&mut tx, job.id, handoff).await?,
+            None => false,
+        };
+        tx.commit().await?;
+        // Only after the commit: before it the dispatchers would find nothing.
+        if handed_off {
+            self.wakeups.deliveries.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// Running jobs whose lease expired (their worker died) become retryable, or discarded when
+    /// they had their last attempt. Returns how many were rescued.
+    pub async fn rescue_expired_leases(&self, max_attempts: i32) -> Result<u64, StoreError> {
+        queue::rescue(&self.db, &JOBS, max_attempts).await
+    }
+
+    /// A result another job already stored for this resource. `id DESC` breaks ties between
+    /// results stored within the same millisecond.
+    pub async fn find_stored_result(
+        &self,
+        resource_kind: &str,
+        resource_id: &str,
+        except_job: JobId,
+    ) -> Result<Option<StoredResult>, StoreError> {
+        let row = (&self.db)
+            .fetch_optional(
+                "SELECT location, size_bytes, sha256, summary FROM results
+                 WHERE resource_kind = $1 AND resource_id = $2 AND outcome = 'stored'
+                   AND job_id <> $3
+                 ORDER BY created_at DESC, id DESC LIMIT 1",
+                &[
+                    Arg::Text(resource_kind),
+                    Arg::Text(resource_id),
+                    Arg::Int(except_job.0),
+                ],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(StoredResult {
+                location: row.get("location")?,
+                size_bytes: row.get("size_bytes")?,
+                sha256: row.get("sha256")?,
+                summary: row.get("summary")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The newest jobs first.
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: i64,
+    ) -> Result<Vec<JobSummary>, StoreError> {
+        let sql = format!(
+            "{select} WHERE ($1 IS NULL OR q.state = $1)
+               AND ($3 IS NULL OR e.event_type = $3)
+               AND ($4 IS NULL OR q.created_at >= $4)
+             ORDER BY q.id DESC LIMIT $2",
+            select = self.job_select()
+        );
+        let args = [
+            Arg::OptText(filter.state.map(|s| s.as_str())),
+            Arg::Int(limit.max(0)),
+            Arg::OptText(filter.event_type.as_deref()),
+            Arg::OptTime(filter.since),
+        ];
+        let rows = (&self.db).fetch_all(&sql, &args).await?;
+        rows.iter().map(job_summary).collect()
+    }
+
+    /// Everything about one job: every attempt's error and the result.
+    pub async fn find_job(&self, id: JobId) -> Result<Option<JobDetail>, StoreError> {
+        let sql = format!("{} WHERE q.id = $1", self.job_select());
+        let row = (&self.db).fetch_optional(&sql, &[Arg::Int(id.0)]).await?;
+        row.map(|row| {
+            Ok(JobDetail {
+                summary: job_summary(&row)?,
+                locked_by: row.get("locked_by")?,
+                locked_until: row.opt_time("locked_until")?,
+                errors: row.get("errors")?,
+                result: row.get("result")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A job's columns, its event's id and type, and its result as one JSON object (the
+    /// results row without `id` and `job_id`).
+    fn job_select(&self) -> String {
+        let d = self.dialect();
+        let result = d.object(&format!(
+            "'resource_kind', r.resource_kind, 'resource_id', r.resource_id,
+             'outcome', r.outcome, 'location', r.location, 'size_bytes', r.size_bytes,
+             'sha256', r.sha256, 'summary', {summary}, 'created_at', {created_at}",
+            summary = d.json_value("r.summary"),
+            created_at = d.time_in_json("r.created_at"),
+        ));
+        format!(
+            "SELECT {columns}, e.webhook_id, e.event_type,
+                 (SELECT {result} FROM results r WHERE r.job_id = q.id) AS result
+             FROM jobs q JOIN events e ON e.id = q.event_id",
+            columns = queue::summary_columns(d),
+        )
+    }
+
+    /// Re-queues one job that is not running (attempts start again from zero).
+    pub async fn requeue_job(&self, id: JobId) -> Result<Requeued, StoreError> {
+        Ok(match queue::requeue_one(&self.db, &JOBS, id.0).await? {
+            RequeuedOne::Queued => {
+                self.wake(&JOBS).await?;
+                Requeued::Queued(id)
+            }
+            RequeuedOne::Running => Requeued::Running,
+            RequeuedOne::NotFound => Requeued::NotFound,
+        })
+    }
+
+    /// Re-queues every discarded job; returns how many.
+    pub async fn requeue_discarded(&self) -> Result<u64, StoreError> {
+        let requeued = queue::requeue_discarded(&self.db, &JOBS).await?;
+        if requeued > 0 {
+            self.wake(&JOBS).await?;
+        }
+        Ok(requeued)
+    }
+
+    /// Processes a stored event again: its job is re-queued.
+    pub async fn replay_event(&self, webhook_id: &str) -> Result<Requeued, StoreError> {
+        let job = (&self.db)
+            .fetch_optional(
+                "SELECT j.id FROM jobs j JOIN events e ON e.id = j.event_id
+                 WHERE e.webhook_id = $1",
+                &[Arg::Text(webhook_id)],
+            )
+            .await?;
+        match job {
+            Some(row) => self.requeue_job(JobId(row.get("id")?)).await,
+            None => Ok(Requeued::NotFound),
+        }
+    }
+
+    /// The queue at a glance: for metrics, readiness and `gemhook stats`.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        Ok(QueueStats {
+            by_state: queue::counts(&self.db, &JOBS).await?,
+            backlog_age_secs: queue::backlog_age_secs(&self.db, &JOBS).await?,
+        })
+    }
+
+    /// Dead letters grouped by their last error, most common first.
+    pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        queue::discard_reasons(&self.db, &JOBS, limit).await
+    }
+}
+
+fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
+    Ok(JobSummary {
+        id: row.get("id")?,
+        webhook_id: row.get("webhook_id")?,
+        event_type: row.get("event_type")?,
+        state: state(row, "state")?,
+        attempt: row.get("attempt")?,
+        scheduled_at: row.time("scheduled_at")?,
+        attempted_at: row.opt_time("attempted_at")?,
+        finalized_at: row.opt_time("finalized_at")?,
+        created_at: row.time("created_at")?,
+        last_error: row.get("last_error")?,
+    })
+}
+
+/// One result per job: a replay's new result replaces the old.
+async fn upsert_result(tx: &mut Tx, job: JobId, result: &JobResult) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO results
+             (job_id, resource_kind, resource_id, outcome, location, size_bytes, sha256, summary)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (job_id) DO UPDATE SET
+             resource_kind = excluded.resource_kind, resource_id = excluded.resource_id,
+             outcome = excluded.outcome, location = excluded.location,
+             size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+             summary = excluded.summary, created_at = {now}",
+        now = tx.dialect().now()
+    );
+    let args = [
+        Arg::Int(job.0),
+        Arg::Text(result.resource_kind),
+        Arg::OptText(result.resource_id.as_deref()),
+        Arg::Text(result.outcome),
+        Arg::OptText(result.location.as_deref()),
+        Arg::OptInt(result.size_bytes),
+        Arg::OptText(result.sha256.as_deref()),
+        Arg::Json(&result.summary),
+    ];
+    let mut on = tx;
+    on.execute(&sql, &args).await?;
+    Ok(())
+}
