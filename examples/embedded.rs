@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     if let Some(dev) = gemhook::dev_secret::apply(&mut settings, || {
-        gemhook::send::generate_secret(32).unwrap_or_default()
+        gemhook::tools::send::generate_secret(32).unwrap_or_default()
     })? {
         println!(
             "development webhook secret: {} (in {})",

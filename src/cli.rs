@@ -10,15 +10,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 
-use crate::bench::{IngestPlan, RecordFiles};
 use crate::config::Settings;
 use crate::retention;
-use crate::send::{SecretCommand, SendArgs};
 use crate::startup::{self, Application, Role};
 use crate::store::{
     EventFilter, EventRecord, EventSummary, JobFilter, JobId, QueueState, Requeued,
 };
 use crate::telemetry;
+use crate::tools::bench::{IngestPlan, RecordFiles};
+use crate::tools::send::{SecretCommand, SendArgs};
 use crate::verify::WebhookSecret;
 use chrono::{DateTime, Utc};
 
@@ -111,7 +111,7 @@ pub enum Command {
     },
     /// Explain whether a captured delivery verifies against the configured secrets and keys
     /// (a file from `events show --json`, a raw HTTP request, or `-` for stdin).
-    Verify(crate::capture::VerifyArgs),
+    Verify(crate::tools::capture::VerifyArgs),
     /// Hand-off deliveries: each (outcome, sink) pair.
     Deliveries {
         #[command(subcommand)]
@@ -266,7 +266,7 @@ pub enum BenchCommand {
         json: bool,
         /// A request with no answer after this long (connecting included) is counted as timed
         /// out and its connection dropped, in milliseconds.
-        #[arg(long, default_value_t = crate::bench::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+        #[arg(long, default_value_t = crate::tools::bench::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
         request_timeout_ms: u64,
         /// Write the webhook-id of every delivery answered 2xx to FILE, one per line, as the
         /// answers arrive (to check afterwards that each was stored).
@@ -333,7 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Neither needs configuration or a database, and `secret generate` prints only the
         // secret (so `$(gemhook secret generate)` works).
         Command::Secret { command } => {
-            println!("{}", crate::send::run_secret(command)?);
+            println!("{}", crate::tools::send::run_secret(command)?);
             Ok(())
         }
         Command::Send(mut args) => {
@@ -350,7 +350,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })?;
                 args.secret = Some(secret.into());
             }
-            let outcome = crate::send::send(args).await.context("gemhook send")?;
+            let outcome = crate::tools::send::send(args)
+                .await
+                .context("gemhook send")?;
             println!("{outcome}");
             if outcome.reply.is_some() && !outcome.is_success() {
                 anyhow::bail!("the receiver did not accept the event");
@@ -474,7 +476,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             answer_log,
         },
     };
-    let report = crate::bench::ingest(plan).await?;
+    let report = crate::tools::bench::ingest(plan).await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -500,7 +502,7 @@ async fn serve(settings: &Settings, role: Role) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     let dev_secret = if role.receives() {
         crate::dev_secret::apply(&mut settings, || {
-            crate::send::generate_secret(32).unwrap_or_default()
+            crate::tools::send::generate_secret(32).unwrap_or_default()
         })?
     } else {
         None
@@ -754,7 +756,7 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
 /// Prints the explanation; exits non-zero when the capture would be refused.
 async fn verify_capture(
     settings: &Settings,
-    args: &crate::capture::VerifyArgs,
+    args: &crate::tools::capture::VerifyArgs,
 ) -> anyhow::Result<()> {
     let keys = settings.keys()?;
     let policy = settings.policy();
@@ -775,8 +777,9 @@ async fn verify_capture(
     } else {
         None
     };
-    let (output, accepted) = crate::capture::run_verify(args, &keys, &policy, published.as_deref())
-        .context("cannot verify the capture")?;
+    let (output, accepted) =
+        crate::tools::capture::run_verify(args, &keys, &policy, published.as_deref())
+            .context("cannot verify the capture")?;
     println!("{output}");
     if !accepted {
         anyhow::bail!("the capture would be refused");

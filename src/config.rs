@@ -3,7 +3,6 @@
 //! Loaded and validated once at start-up; a bad value stops the process with a message that
 //! names the key (and, for secrets, the position), never the secret itself.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +11,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
 
+pub use crate::redact::Redacted;
+pub use crate::telemetry::LogFormat;
 use crate::verify::{Keys, Policy, PublicKey, PublicKeyError, SecretError, WebhookSecret};
 use crate::worker::WorkerSettings;
 
@@ -88,41 +89,6 @@ impl Range {
             unit: self.unit,
         })
     }
-}
-
-/// A string that must not be shown: `Debug` prints a placeholder.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Redacted(String);
-
-impl Redacted {
-    pub fn new(value: impl Into<String>) -> Self {
-        Redacted(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Redacted {
-    fn from(value: String) -> Self {
-        Redacted(value)
-    }
-}
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Auto,
-    Pretty,
-    Json,
 }
 
 /// The settings as written; see `config/default.toml` for what each key means. Unknown keys

@@ -26,8 +26,6 @@
 
 pub use startup::Server;
 
-pub mod bench;
-pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod deliver;
@@ -37,9 +35,10 @@ pub mod gemini;
 pub mod http;
 pub mod jwks;
 pub mod observe;
+pub mod queue;
+pub mod redact;
 pub mod results;
 pub mod retention;
-pub mod send;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -122,14 +122,13 @@ pub fn jwks_age(age_secs: Option<u64>) {
 /// A Gemini webhook's state as the watcher last read it: 1 for `state`, 0 for every other
 /// documented state (`None`: the webhook is gone, all 0), so an alert can match
 /// `{state="disabled_due_to_failed_deliveries"} == 1`.
-pub fn gemini_webhook_state(id: &str, state: Option<&str>) {
-    use crate::gemini::webhooks::STATES;
-    for known in STATES {
+pub fn gemini_webhook_state(id: &str, state: Option<&str>, documented: &[&'static str]) {
+    for &known in documented {
         let value = if Some(known) == state { 1.0 } else { 0.0 };
         metrics::gauge!("gemhook_gemini_webhook_state", "id" => id.to_owned(), "state" => known)
             .set(value);
     }
-    if let Some(other) = state.filter(|s| !STATES.contains(s)) {
+    if let Some(other) = state.filter(|s| !documented.contains(s)) {
         metrics::gauge!("gemhook_gemini_webhook_state", "id" => id.to_owned(), "state" => other.to_owned())
             .set(1.0);
     }

@@ -4,7 +4,15 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How logs are written: JSON lines for machines, pretty for a terminal, or chosen by
+/// whether stderr is a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+}
 
 /// The filter when `RUST_LOG` is unset: our own info, libraries' warnings.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,reqwest=warn";

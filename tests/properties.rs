@@ -8,9 +8,9 @@
 use std::sync::LazyLock;
 
 use ed25519_dalek::SigningKey;
-use gemhook::capture::{explain_capture, parse_capture};
 use gemhook::envelope::{self, EventStatus, KNOWN_TYPES};
-use gemhook::verify::explain::explain;
+use gemhook::tools::capture::{explain_capture, parse_capture};
+use gemhook::tools::explain::explain;
 use gemhook::verify::{
     Keys, MAX_WEBHOOK_ID_BYTES, Policy, PublishedKeys, Rejection, Scheme, WebhookHeaders,
     WebhookSecret, WebhookSigningKey, check_headers, parse_jwks, sign_v1, sign_v1a,

@@ -5,7 +5,7 @@
 
 use std::sync::LazyLock;
 
-use gemhook::capture::{explain_capture, parse_capture};
+use gemhook::tools::capture::{explain_capture, parse_capture};
 use gemhook::verify::{Keys, Policy, PublishedKeys, verify};
 use gemhook_fuzz::{VECTOR_NOW, vector_keys, vector_published};
 use libfuzzer_sys::fuzz_target;

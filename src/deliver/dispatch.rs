@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Outcome, SinkSet, delivery_id};
+use crate::queue::QueueSettings as WorkerSettings;
+use crate::queue::retry::{Decision, FailureKind, decide};
+use crate::queue::runner::{self as queue, Queue};
 use crate::store::{ClaimedDelivery, Store};
 use crate::telemetry::error_chain;
-use crate::worker::queue::{self, Queue};
-use crate::worker::{Decision, FailureKind, WorkerSettings, decide};
 
 /// Cheap to clone: clones share everything.
 #[derive(Clone)]

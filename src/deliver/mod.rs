@@ -400,9 +400,9 @@ pub(crate) fn display_endpoint(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Redacted;
     use crate::deliver::outcome::tests::sample;
     use crate::deliver::sinks::{HandlerSinkConfig, HttpSinkConfig};
+    use crate::redact::Redacted;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

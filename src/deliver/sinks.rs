@@ -36,7 +36,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::outcome::{Outcome, scalar_text};
-use crate::config::Redacted;
+use crate::redact::Redacted;
 use crate::verify::{SecretError, WebhookSecret};
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;

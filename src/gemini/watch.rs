@@ -105,10 +105,14 @@ impl WebhookWatch {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let current: BTreeSet<String> = watched.iter().map(|w| w.id.clone()).collect();
         for gone in reported.difference(&current) {
-            observe::gemini_webhook_state(gone, None);
+            observe::gemini_webhook_state(gone, None, &super::webhooks::STATES);
         }
         for webhook in watched {
-            observe::gemini_webhook_state(&webhook.id, Some(&webhook.state));
+            observe::gemini_webhook_state(
+                &webhook.id,
+                Some(&webhook.state),
+                &super::webhooks::STATES,
+            );
             if webhook.state == DISABLED_BY_FAILURES {
                 tracing::warn!(
                     webhook = %webhook.id,

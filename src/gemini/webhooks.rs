@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::client::{ApiAnswer, GeminiClient, GeminiError};
 use super::pointer::is_safe_id;
-use crate::config::Redacted;
+use crate::redact::Redacted;
 
 /// The events a webhook can subscribe to, per the API reference (no `*.cancelled`).
 pub const SUBSCRIBABLE_EVENTS: [&str; 7] = [

@@ -28,8 +28,8 @@ use crate::deliver::{
     BoxFuture, Filter, Handler, HandlerError, Outcome, OutcomeState, SinkConfig, SinkConfigError,
 };
 use crate::http::WEBHOOK_PATH;
-use crate::send::{DEFAULT_SECRET_BYTES, SendError, generate_secret};
 use crate::startup::{self, StartupError};
+use crate::tools::send::{DEFAULT_SECRET_BYTES, SendError, generate_secret};
 
 /// Where the stand-in listens by default: next to gemhook's 8080, and fixed, so the banner's
 /// URLs stay the same from one session to the next.

@@ -6,5 +6,9 @@
 //! - [`dev`]: `gemhook dev`, that stand-in plus a full gemhook wired to it and a sink that
 //!   prints each outcome to the terminal.
 
+pub mod bench;
+pub mod capture;
 pub mod dev;
+pub mod explain;
 pub mod gemini_dev;
+pub mod send;

@@ -155,7 +155,7 @@ fn message(content: &SignedContent<'_>) -> Vec<u8> {
 /// Entries are decoded with the strict padded decoder, like `v1`. Verification is
 /// `verify_strict`: it refuses small-order keys and non-canonical signatures, so a signature
 /// cannot be malleated into a second valid one, nor a weak key accept everything.
-pub(super) fn any_entry_matches<'k>(
+pub(crate) fn any_entry_matches<'k>(
     header: &str,
     content: &SignedContent<'_>,
     keys: impl Iterator<Item = &'k VerifyingKey> + Clone,

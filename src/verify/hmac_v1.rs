@@ -25,7 +25,7 @@ fn tag(secret: &WebhookSecret, content: &SignedContent<'_>) -> [u8; TAG_BYTES] {
 /// Entries are decoded with the strict padded decoder, so a non-canonical encoding of the right
 /// bytes does not match (the Rust and Go reference libraries compare encoded strings; vector
 /// A_invalid_signature_noncanonical_base64). The comparison of tags is constant-time.
-pub(super) fn any_entry_matches(
+pub(crate) fn any_entry_matches(
     header: &str,
     content: &SignedContent<'_>,
     secrets: &[WebhookSecret],

@@ -39,7 +39,7 @@ pub enum JwtFailure {
 
 /// True when the header value is a compact JWS: exactly three non-empty base64url parts joined by
 /// dots. Signature entries always contain a comma, so the two forms cannot be confused.
-pub(super) fn is_compact_jwt(header: &str) -> bool {
+pub(crate) fn is_compact_jwt(header: &str) -> bool {
     let mut parts = 0;
     for part in header.split('.') {
         parts += 1;
@@ -54,7 +54,7 @@ pub(super) fn is_compact_jwt(header: &str) -> bool {
 }
 
 /// Verifies a compact JWT against the published RSA keys at time `now` (Unix seconds).
-pub(super) fn verify(
+pub(crate) fn verify(
     token: &str,
     rsa_keys: &[(String, DecodingKey)],
     policy: &Policy,

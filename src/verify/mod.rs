@@ -11,10 +11,10 @@
 //! the docs describe for dynamic webhooks). Google's published keys are fetched elsewhere
 //! (`crate::jwks`) and passed in as [`PublishedKeys`].
 
-mod ed25519;
-pub mod explain;
-mod hmac_v1;
-mod jwt;
+pub(crate) mod ed25519;
+
+pub(crate) mod hmac_v1;
+pub(crate) mod jwt;
 mod published;
 mod secret;
 

@@ -2,12 +2,12 @@
 
 use serde_json::{Value, json};
 
-use super::decide::FailureKind;
 use crate::gemini::batch::{self, BatchResults};
 use crate::gemini::gcs::{GcsError, GcsReader};
 use crate::gemini::{
     GeminiClient, GeminiError, Plan, PointerPolicy, ResourceKind, Unfollowable, Work, pointer,
 };
+use crate::queue::retry::FailureKind;
 use crate::results::{ResultKey, ResultsError, ResultsStore, StoredObject, StreamError};
 use crate::store::{ClaimedJob, JobResult, Store, StoredResult};
 

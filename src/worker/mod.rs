@@ -10,17 +10,15 @@
 //! - On shutdown: stop claiming, let running jobs finish within the grace period, then release
 //!   the rest so another worker takes them at once.
 
-pub mod decide;
 mod follow;
-pub mod queue;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use decide::{Decision, FailureKind, decide};
+pub use crate::queue::retry::{Decision, FailureKind, decide};
 pub use follow::{Failure, Follower};
 
 use chrono::Utc;
@@ -29,23 +27,12 @@ use serde_json::Value;
 use crate::deliver::{self, Finished, OutcomeState, SinkSet};
 use crate::gemini::pointer;
 use crate::observe;
+use crate::queue::runner as queue;
 use crate::store::{ClaimedJob, Handoff, JobResult, Store};
 use crate::telemetry::error_chain;
 
-/// How the worker runs.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// Jobs processed at once.
-    pub concurrency: usize,
-    /// Fallback poll when no wake-up arrives.
-    pub poll_interval: Duration,
-    /// How long a claim holds a job without a heartbeat; heartbeats come every third of it.
-    pub lease: Duration,
-    /// Attempts before a transient failure is dead-lettered.
-    pub max_attempts: i32,
-    /// On shutdown, how long running jobs may take before they are released.
-    pub shutdown_grace: Duration,
-}
+/// How the worker runs: the queue runner's settings.
+pub type WorkerSettings = crate::queue::QueueSettings;
 
 /// A worker. Cheap to clone: clones share everything.
 #[derive(Clone)]

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gemhook::bench::{IngestPlan, IngestReport, RecordFiles};
+use gemhook::tools::bench::{IngestPlan, IngestReport, RecordFiles};
 use gemhook::verify::WebhookSecret;
 
 use crate::helpers::*;
@@ -89,7 +89,7 @@ fn start_load(address: &str, rate: f64, seconds: f64, concurrency: usize) -> Loa
         request_timeout: ANSWER_BOUND * 2,
         record: files.clone(),
     };
-    let task = tokio::spawn(async move { gemhook::bench::ingest(plan).await.unwrap() });
+    let task = tokio::spawn(async move { gemhook::tools::bench::ingest(plan).await.unwrap() });
     Load { task, files }
 }
 

@@ -6,7 +6,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::verify::explain::DiagnosisKind;
+use crate::tools::explain::DiagnosisKind;
 use crate::verify::{WebhookSecret, sign_v1};
 
 const OLD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::WorkerSettings;
+use super::QueueSettings as WorkerSettings;
 
 /// A durable queue that a [`run`] loop can drive.
 pub trait Queue: Clone + Send + Sync + 'static {

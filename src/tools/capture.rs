@@ -1,5 +1,5 @@
 //! Captured deliveries, read back for `gemhook verify`: which secret or key a delivery verifies
-//! with, or why it does not (see [`crate::verify::explain`]).
+//! with, or why it does not (see [`crate::tools::explain`]).
 //!
 //! [`parse_capture`] is pure and takes three shapes, told apart by their first character:
 //!
@@ -24,7 +24,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
-use crate::verify::explain::{Explanation, explain};
+use crate::tools::explain::{Explanation, explain};
 use crate::verify::{Keys, Policy, PublishedKeys, Rejection, WebhookHeaders};
 
 /// The Standard Webhooks headers, by their lower-case names.

@@ -24,7 +24,7 @@ use hmac::Mac;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::{
+use crate::verify::{
     Keys, Policy, PublishedKeys, Rejection, SignedContent, Verified, WebhookHeaders, WebhookSecret,
     ed25519, hmac_v1, jwt, signature_entries, verify,
 };
