@@ -1,26 +1,25 @@
 //! gemhook: a webhook receiver for Google's Gemini API.
 //!
-//! Modules follow a delivery's path:
+//! Modules follow a delivery's path, each depending only on the ones before it:
 //!
 //! - [`http`]: `POST /webhooks/gemini` keeps the raw body and answers; health and metrics.
 //! - [`verify`]: pure signature and timestamp checks (`v1`, `v1a`, JWT; no I/O, clock passed
-//!   in), and [`verify::explain`] for `gemhook verify`; [`jwks`] keeps Google's keys.
-//! - [`envelope`]: pure, defensive reading of Gemini's event envelope.
-//! - [`store`]: events (the idempotency table), jobs (the queue), results, outcomes and
-//!   deliveries, behind one seam with a Postgres and an embedded SQLite backend.
-//! - [`worker`]: claims jobs and follows their pointers through [`gemini`] (the REST client,
-//!   pointer planning, `gs://` reads) into [`results`] (the results store). [`gemini`] also
-//!   holds the WebhookService client behind `gemhook webhooks` and the watcher `serve` runs.
-//! - [`deliver`]: hands each finished outcome to the application's sinks (HTTP, NATS, handler).
+//!   in); [`jwks`] keeps Google's keys. [`envelope`]: pure, defensive reading of the event.
+//! - [`store`]: events (the idempotency table), the two queues (jobs, deliveries), results and
+//!   outcomes. Written once over a small dialect seam (`store::db`); the queues' state machine
+//!   is [`store::queue`]; Postgres and embedded SQLite differ only in `store::postgres` and
+//!   `store::sqlite`.
+//! - [`queue`]: the queue at run time (claim, heartbeat, finish, retry decision), shared by
+//!   [`worker`] (jobs: follows pointers through [`gemini`] into [`results`]) and [`deliver`]
+//!   (deliveries: hands each outcome to the application's sinks), which never import each
+//!   other's queue machinery.
 //!
-//! Around them: [`config`] (defaults → file → environment), [`telemetry`] (logs), [`observe`]
-//! (metrics), [`retention`] (pruning), [`startup`] (build → port → run until stopped, and the
-//! embeddable [`Server`]), [`dev_secret`] (the development secret of a local `serve`),
-//! [`cli`] (the commands), [`send`] and [`capture`] (trying and
-//! checking a deployment), [`bench`] (the load generator).
-//!
-//! Beside the core, never used by it: [`tools`], with [`tools::gemini_dev`] (a local stand-in
-//! for Gemini's REST API) and [`tools::dev`] (`gemhook dev`: the whole path on one machine).
+//! Leaves: [`telemetry`] (logs), [`observe`] (metrics), [`redact`] (secrets in memory),
+//! [`retention`] (pruning). At the edge, depending on everything and used by nothing in the
+//! core: [`config`] (defaults → file → environment), [`startup`] (build → port → run, and the
+//! embeddable [`Server`]), [`dev_secret`], [`cli`] (the commands) and [`tools`] (`send`,
+//! `capture`, `verify`'s explanation, the load generator, `gemhook dev` and its Gemini
+//! stand-in).
 
 #![forbid(unsafe_code)]
 

@@ -1,7 +1,7 @@
 //! Durable state: events (the idempotency table), the two queues (jobs, deliveries), results
 //! and outcomes, behind one seam with a Postgres and an embedded SQLite backend.
 //!
-//! The house, from the bottom: [`db`] is the seam (a pool of either database, the few SQL
+//! The house, from the bottom: `db` is the seam (a pool of either database, the few SQL
 //! fragments and codecs that differ); [`queue`] is the state machine both queues share,
 //! written once; `events`, `jobs` and `deliveries` are the operations on each table, written
 //! once over the seam; `postgres` and `sqlite` hold only what really differs between the

@@ -2,7 +2,7 @@
 //!
 //! Jobs (a worker follows an event's pointers) and deliveries (a dispatcher hands an outcome to
 //! one sink) are two instances of one River-shaped queue: the same columns, the same states,
-//! the same rules. A [`QueueKind`] names what differs (the table, what its rows carry, who holds
+//! the same rules. A `QueueKind` names what differs (the table, what its rows carry, who holds
 //! a lease); every operation below is one function over it.
 //!
 //! Every finishing statement is guarded by `id`, `attempt` and `state = 'running'`: an entry

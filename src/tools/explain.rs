@@ -1,13 +1,13 @@
 //! Why a delivery would be accepted or refused, in words an on-call engineer can act on.
 //!
-//! [`explain`] takes what [`verify`](super::verify) takes and reports, besides the verdict, every
+//! [`explain`] takes what [`verify`](crate::verify::verify) takes and reports, besides the verdict, every
 //! step behind it: the headers, the timestamp against the tolerance (with the difference in
 //! seconds), and each `webhook-signature` entry (its version, whether its value decodes, which
 //! configured secret or key it matched). When nothing matched it looks for the usual culprits:
 //! a body altered after signing (a newline, line endings, JSON re-serialised by a framework or a
 //! logging proxy) and a sender that signed the timestamp's raw text.
 //!
-//! The verdict is [`verify`](super::verify)'s own result, so the two cannot disagree; the details
+//! The verdict is [`verify`](crate::verify::verify)'s own result, so the two cannot disagree; the details
 //! reuse the same per-entry checks (`hmac_v1`, `ed25519`, `jwt`) on one entry and one key at a
 //! time. Like the rest of the module this is pure: no I/O, the clock is passed in.
 //!
@@ -174,7 +174,7 @@ pub struct Explanation {
     pub keys: KeysReport,
     /// Empty when accepted; otherwise the findings, the one behind the verdict first.
     pub diagnosis: Vec<Diagnosis>,
-    /// [`verify`](super::verify)'s result, for callers that want the typed value.
+    /// [`verify`](crate::verify::verify)'s result, for callers that want the typed value.
     #[serde(skip)]
     pub outcome: Result<Verified, Rejection>,
 }
@@ -214,7 +214,7 @@ impl Explanation {
     }
 }
 
-/// Explains the verdict [`verify`](super::verify) gives for these inputs. See the module doc.
+/// Explains the verdict [`verify`](crate::verify::verify) gives for these inputs. See the module doc.
 pub fn explain(
     headers: &WebhookHeaders<'_>,
     body: &[u8],
