@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             name: "workflow".into(),
             inline_max_bytes: 64 * 1024,
             timeout_secs: 10,
+            retry: Default::default(),
             filter: Filter::default(),
         }));
     }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::{Outcome, SinkSet, delivery_id};
 use crate::queue::QueueSettings as WorkerSettings;
-use crate::queue::retry::{Decision, FailureKind, decide};
+use crate::queue::retry::{Decision, FailureKind, RetryPolicy};
 use crate::queue::runner::{self as queue, Queue};
 use crate::store::{ClaimedDelivery, Store};
 use crate::telemetry::error_chain;
@@ -77,6 +77,18 @@ impl Dispatcher {
                 FailureKind::Permanent,
             ));
         };
+        // A rescue dead-letters by the largest policy of all sinks (see `rescue`), and a policy
+        // may have been lowered since: an attempt past this sink's own last one is not made.
+        if delivery.attempt > sink.retry().max_attempts {
+            return Err((
+                format!(
+                    "out of attempts: attempt {} is past the sink's max_attempts ({})",
+                    delivery.attempt,
+                    sink.retry().max_attempts
+                ),
+                FailureKind::Permanent,
+            ));
+        }
         let outcome: Outcome = serde_json::from_value(delivery.outcome.clone()).map_err(|e| {
             (
                 format!("the stored outcome is unreadable: {e}"),
@@ -101,14 +113,18 @@ impl Dispatcher {
 impl Dispatcher {
     /// Decides what a finished attempt means (done, retry, dead letter) and records it.
     async fn finish(&self, delivery: &ClaimedDelivery, sent: Result<(), (String, FailureKind)>) {
-        let max = self.inner.settings.max_attempts;
+        let policy = self
+            .inner
+            .sinks
+            .get(&delivery.sink)
+            .map_or_else(RetryPolicy::sink_default, |sink| sink.retry().clone());
         let finish = match &sent {
             Ok(()) => {
                 tracing::info!("outcome delivered");
                 Ok(())
             }
             Err((error, kind)) => {
-                match decide(delivery.attempt, max, kind, &mut rand::thread_rng()) {
+                match policy.decide(delivery.attempt, kind, &mut rand::thread_rng()) {
                     Decision::Retry { after } => {
                         tracing::warn!(%error, retry_in_secs = after.as_secs_f64(), "delivery failed; will retry");
                         Err((error.as_str(), Some(after)))
@@ -146,8 +162,16 @@ impl Queue for Dispatcher {
         "dispatcher"
     }
 
+    /// An expired lease on its last attempt is dead-lettered by the largest `max_attempts` of
+    /// any sink; a delivery of a sink with fewer is dead-lettered when next claimed (`send`).
     async fn rescue(&self) {
-        let max = self.inner.settings.max_attempts;
+        let max = self
+            .inner
+            .sinks
+            .iter()
+            .map(|sink| sink.retry().max_attempts)
+            .max()
+            .unwrap_or(RetryPolicy::sink_default().max_attempts);
         if let Err(error) = self.inner.store.rescue_expired_deliveries(max).await {
             tracing::warn!(error = %error_chain(&error), "rescuing deliveries failed");
         }

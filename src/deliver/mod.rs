@@ -28,6 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::queue::retry::RetryPolicy;
 use futures::FutureExt;
 use reqwest::StatusCode;
 use url::Url;
@@ -165,6 +166,8 @@ pub struct Sink {
     name: String,
     filter: Filter,
     target: Target,
+    /// How its failed deliveries are retried.
+    retry: RetryPolicy,
 }
 
 /// Where a sink sends outcomes.
@@ -186,7 +189,17 @@ impl Sink {
             name: name.into(),
             filter,
             target,
+            retry: RetryPolicy::sink_default(),
         }
+    }
+
+    /// The same sink with its own retry policy.
+    pub fn with_retry(self, retry: RetryPolicy) -> Sink {
+        Sink { retry, ..self }
+    }
+
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// Builds one configured sink; `handler` is the one registered under its name (only
@@ -208,7 +221,8 @@ impl Sink {
                 timeout: config.timeout(),
             },
         };
-        Ok(Sink::new(config.name(), config.filter().clone(), target))
+        Ok(Sink::new(config.name(), config.filter().clone(), target)
+            .with_retry(config.retry_policy()))
     }
 
     pub fn name(&self) -> &str {
@@ -284,6 +298,7 @@ impl fmt::Debug for Sink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sink")
             .field("name", &self.name)
+            .field("retry", &self.retry)
             .field("filter", &self.filter)
             .field("target", &self.target)
             .finish()
@@ -411,6 +426,7 @@ mod tests {
             name: name.into(),
             inline_max_bytes: 100,
             timeout_secs: 10,
+            retry: Default::default(),
             filter,
         })
     }
@@ -575,6 +591,7 @@ mod tests {
                 secret: Redacted::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
                 timeout_secs: 1,
                 inline_max_bytes: 1,
+                retry: Default::default(),
                 filter: Filter::default(),
             })
         };

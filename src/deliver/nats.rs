@@ -414,6 +414,7 @@ mod tests {
             duplicate_window_secs: 300,
             timeout_secs: 5,
             inline_max_bytes: 0,
+            retry: Default::default(),
             filter: Default::default(),
         };
         let sink = NatsSink::from_config(&config).unwrap();

@@ -8,6 +8,9 @@
 //! secret = "whsec_..."          # gemhook's own secret: the application verifies with it
 //! timeout_secs = 10
 //! inline_max_bytes = 65536
+//! [sinks.retry]                 # optional; these are the defaults
+//! max_attempts = 8
+//! schedule_secs = [5, 300, 1800, 7200, 18000, 36000, 36000]
 //! [sinks.filter]
 //! types = ["batch.*", "interaction.requires_action"]
 //! metadata = { job_group = "nightly-eval" }
@@ -36,6 +39,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::outcome::{Outcome, scalar_text};
+use crate::queue::retry::{RetryPolicy, SINK_SCHEDULE_SECS};
 use crate::redact::Redacted;
 use crate::verify::{SecretError, WebhookSecret};
 
@@ -92,6 +96,58 @@ impl SinkConfig {
             SinkConfig::Handler(c) => &c.filter,
         }
     }
+
+    /// How this sink's failed deliveries are retried.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let retry = match self {
+            SinkConfig::Http(c) => &c.retry,
+            SinkConfig::Nats(c) => &c.retry,
+            SinkConfig::Handler(c) => &c.retry,
+        };
+        retry.policy()
+    }
+}
+
+/// `[sinks.retry]`: an application may be down for a day, so by default a delivery is tried 8
+/// times over about 27.6 hours (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h between attempts, each
+/// ±10 %), the schedule Standard Webhooks senders use. `schedule_secs` replaces the waits (the
+/// last repeats); `max_attempts` defaults to one more than the schedule has steps.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    #[serde(default)]
+    pub schedule_secs: Option<Vec<u64>>,
+}
+
+/// No wait in a schedule may be longer than a week: a typo (`36000000`) would otherwise park a
+/// delivery for a year.
+pub const MAX_SCHEDULE_STEP_SECS: u64 = 7 * 24 * 3600;
+
+impl RetryConfig {
+    pub fn policy(&self) -> RetryPolicy {
+        let steps = self.schedule_secs.as_deref().unwrap_or(&SINK_SCHEDULE_SECS);
+        let max_attempts = self.max_attempts.unwrap_or(steps.len() as i32 + 1);
+        RetryPolicy::schedule(max_attempts, steps)
+    }
+
+    fn check(&self, name: &str) -> Result<(), SinkConfigError> {
+        let invalid = |why: &'static str| SinkConfigError::InvalidRetry {
+            name: name.to_owned(),
+            why,
+        };
+        if self.max_attempts.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err(invalid("max_attempts must be between 1 and 1000"));
+        }
+        match self.schedule_secs.as_deref() {
+            Some([]) => Err(invalid("schedule_secs must name at least one wait")),
+            Some(steps) if steps.iter().any(|&s| s > MAX_SCHEDULE_STEP_SECS) => Err(invalid(
+                "a wait in schedule_secs is longer than a week (604800)",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `kind = "http"`: POST the outcome, signed with Standard Webhooks `v1`.
@@ -109,6 +165,9 @@ pub struct HttpSinkConfig {
     /// Interaction JSON up to this size, in bytes, is sent inline.
     #[serde(default = "default_inline_max_bytes")]
     pub inline_max_bytes: usize,
+    /// How failed attempts are retried (default: [`RetryConfig`]'s).
+    #[serde(default)]
+    pub retry: RetryConfig,
     #[serde(default)]
     pub filter: Filter,
 }
@@ -146,6 +205,7 @@ impl fmt::Debug for HttpSinkConfig {
             .field("secret", &self.secret)
             .field("timeout_secs", &self.timeout_secs)
             .field("inline_max_bytes", &self.inline_max_bytes)
+            .field("retry", &self.retry)
             .field("filter", &self.filter)
             .finish()
     }
@@ -174,6 +234,9 @@ pub struct NatsSinkConfig {
     /// Interaction JSON up to this size, in bytes, is sent inline.
     #[serde(default = "default_inline_max_bytes")]
     pub inline_max_bytes: usize,
+    /// How failed attempts are retried (default: [`RetryConfig`]'s).
+    #[serde(default)]
+    pub retry: RetryConfig,
     #[serde(default)]
     pub filter: Filter,
 }
@@ -223,6 +286,7 @@ impl fmt::Debug for NatsSinkConfig {
             .field("duplicate_window_secs", &self.duplicate_window_secs)
             .field("timeout_secs", &self.timeout_secs)
             .field("inline_max_bytes", &self.inline_max_bytes)
+            .field("retry", &self.retry)
             .field("filter", &self.filter)
             .finish()
     }
@@ -240,6 +304,9 @@ pub struct HandlerSinkConfig {
     /// below the worker's lease, or a slow call would be rescued and run twice at once.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// How failed attempts are retried (default: [`RetryConfig`]'s).
+    #[serde(default)]
+    pub retry: RetryConfig,
     #[serde(default)]
     pub filter: Filter,
 }
@@ -481,6 +548,8 @@ pub enum SinkConfigError {
     InvalidTypePattern { name: String, pattern: String },
     #[error("sink {name:?}: metadata value for {key:?} must be a string, number or boolean")]
     InvalidMetadataValue { name: String, key: String },
+    #[error("sink {name:?}: retry: {why}")]
+    InvalidRetry { name: String, why: &'static str },
     #[error("sink {name:?}: no handler is registered under this name")]
     UnknownHandler { name: String },
     #[error("sink {name:?}: the HTTP client could not be built")]
@@ -507,6 +576,11 @@ pub fn validate(configs: &[SinkConfig]) -> Result<(), SinkConfigError> {
             });
         }
         config.filter().check(name)?;
+        match config {
+            SinkConfig::Http(c) => c.retry.check(name)?,
+            SinkConfig::Nats(c) => c.retry.check(name)?,
+            SinkConfig::Handler(c) => c.retry.check(name)?,
+        }
         match config {
             SinkConfig::Http(http) => {
                 http.parsed_url()?;
@@ -624,6 +698,7 @@ mod tests {
             secret: Redacted::new(SECRET),
             timeout_secs: 10,
             inline_max_bytes: 10,
+            retry: Default::default(),
             filter: Filter::default(),
         })
     }
@@ -637,6 +712,7 @@ mod tests {
             duplicate_window_secs: 60,
             timeout_secs: 10,
             inline_max_bytes: 10,
+            retry: Default::default(),
             filter: Filter::default(),
         })
     }
@@ -937,5 +1013,54 @@ mod tests {
             validate(&[SinkConfig::Nats(bad_stream)]),
             Err(SinkConfigError::InvalidStreamName { .. })
         ));
+    }
+
+    #[test]
+    fn a_sink_retries_for_a_day_by_default_and_takes_its_own_schedule() {
+        let sinks = parse(
+            r#"
+            [[sinks]]
+            name = "default"
+            kind = "handler"
+
+            [[sinks]]
+            name = "own"
+            kind = "handler"
+            [sinks.retry]
+            schedule_secs = [1, 60]
+
+            [[sinks]]
+            name = "capped"
+            kind = "handler"
+            [sinks.retry]
+            max_attempts = 2
+            "#,
+        );
+        validate(&sinks).unwrap();
+        assert_eq!(sinks[0].retry_policy(), RetryPolicy::sink_default());
+        assert!(sinks[0].retry_policy().shortest_span() >= Duration::from_secs(24 * 3600));
+        assert_eq!(sinks[1].retry_policy(), RetryPolicy::schedule(3, &[1, 60]));
+        assert_eq!(
+            sinks[2].retry_policy(),
+            RetryPolicy::schedule(2, &SINK_SCHEDULE_SECS)
+        );
+    }
+
+    #[test]
+    fn a_sinks_retry_settings_out_of_range_are_refused_by_name() {
+        for retry in [
+            "max_attempts = 0",
+            "schedule_secs = []",
+            "schedule_secs = [5, 99999999]",
+        ] {
+            let sinks = parse(&format!(
+                "[[sinks]]\nname = \"app\"\nkind = \"handler\"\n[sinks.retry]\n{retry}\n"
+            ));
+            let error = validate(&sinks).unwrap_err().to_string();
+            assert!(
+                error.starts_with("sink \"app\": retry:"),
+                "{retry}: {error}"
+            );
+        }
     }
 }

@@ -202,6 +202,7 @@ pub fn session_settings(
         name: TERMINAL_SINK.to_owned(),
         inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
         timeout_secs: 10,
+        retry: Default::default(),
         filter: Filter::default(),
     }));
     crate::deliver::validate(&settings.sinks)?;
@@ -462,6 +463,7 @@ mod tests {
             name: TERMINAL_SINK.into(),
             inline_max_bytes: 1,
             timeout_secs: 10,
+            retry: Default::default(),
             filter: Filter::default(),
         }));
         assert!(matches!(
