@@ -34,6 +34,7 @@ pub mod gemini;
 pub mod http;
 pub mod jwks;
 pub mod observe;
+pub mod outbound;
 pub mod queue;
 pub mod redact;
 pub mod results;

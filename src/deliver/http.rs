@@ -7,16 +7,16 @@
 //! the operator's own, and a redirected POST would carry the signed body somewhere else.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{StatusCode, redirect};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::redirect;
 use url::Url;
 
 use super::outcome::Outcome;
 use super::sinks::{HttpSinkConfig, SinkConfigError};
 use super::{SinkError, display_endpoint};
-use crate::gemini::retry::parse_retry_after;
+use crate::outbound;
 use crate::verify::{WebhookSecret, sign_v1};
 
 /// How much of an error answer's body goes into the error message.
@@ -113,35 +113,13 @@ impl HttpSink {
         }
     }
 
-    async fn status_error(&self, mut response: reqwest::Response) -> SinkError {
-        let status = response.status();
-        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| parse_retry_after(value, SystemTime::now()))
-        } else {
-            None
-        };
-        let mut excerpt = Vec::new();
-        // The body only makes the message clearer: failing to read it changes nothing.
-        while excerpt.len() < ERROR_DETAIL_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
-                _ => break,
-            }
-        }
-        excerpt.truncate(ERROR_DETAIL_BYTES);
-        let detail = String::from_utf8_lossy(&excerpt)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+    async fn status_error(&self, response: reqwest::Response) -> SinkError {
+        let answer = outbound::read(response, ERROR_DETAIL_BYTES).await;
         SinkError::Status {
             endpoint: self.endpoint.clone(),
-            status,
-            retry_after,
-            detail,
+            status: answer.status,
+            retry_after: answer.retry_after,
+            detail: answer.excerpt,
         }
     }
 }
@@ -167,6 +145,8 @@ mod tests {
     use axum::http::{HeaderMap, HeaderValue};
     use axum::response::IntoResponse;
     use axum::routing::post;
+    use reqwest::StatusCode;
+    use reqwest::header::RETRY_AFTER;
     use std::sync::{Arc, Mutex};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -126,11 +126,7 @@ impl SinkError {
     /// handler's discard will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SinkError::Status { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-                    || *status == StatusCode::REQUEST_TIMEOUT
-            }
+            SinkError::Status { status, .. } => crate::outbound::is_retryable(*status),
             SinkError::Timeout { .. }
             | SinkError::Connect { .. }
             | SinkError::Request { .. }

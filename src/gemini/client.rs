@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, TryStreamExt};
@@ -23,7 +23,7 @@ use url::Url;
 
 use super::origin::{AllowedOrigins, ConfigError, display_origin};
 use super::pointer::is_safe_id;
-use super::retry::parse_retry_after;
+use crate::outbound;
 
 /// Gemini's public endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -141,11 +141,7 @@ impl GeminiError {
     /// bad pointer, an oversized body) will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            GeminiError::Status { status, .. } => {
-                status.is_server_error()
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-                    || *status == StatusCode::REQUEST_TIMEOUT
-            }
+            GeminiError::Status { status, .. } => outbound::is_retryable(*status),
             // A 200 whose body is not JSON is most likely a proxy's page or a cut-off body.
             GeminiError::Timeout { .. }
             | GeminiError::Connect { .. }
@@ -419,31 +415,13 @@ impl GeminiClient {
     }
 
     /// Builds the error for a non-2xx answer, reading a little of its body for the message.
-    async fn status_error(&self, mut response: reqwest::Response, origin: String) -> GeminiError {
-        let status = response.status();
-        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| parse_retry_after(value, SystemTime::now()))
-        } else {
-            None
-        };
-        let mut excerpt = Vec::new();
-        // The body is only for the message: a failure to read it changes nothing.
-        while excerpt.len() < ERROR_DETAIL_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
-                _ => break,
-            }
-        }
-        excerpt.truncate(ERROR_DETAIL_BYTES);
+    async fn status_error(&self, response: reqwest::Response, origin: String) -> GeminiError {
+        let answer = outbound::read(response, ERROR_DETAIL_BYTES).await;
         GeminiError::Status {
-            status,
+            status: answer.status,
             origin,
-            retry_after,
-            detail: self.redact(&String::from_utf8_lossy(&excerpt)),
+            retry_after: answer.retry_after,
+            detail: self.redact(&answer.excerpt),
         }
     }
 

@@ -6,7 +6,7 @@
 //! schedule: after an outage, every job that failed at once would otherwise come back at once,
 //! and Gemini would see the same burst again.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -48,24 +48,10 @@ pub fn next_delay<R: Rng + ?Sized>(
     }
 }
 
-/// A `Retry-After` header value: delta-seconds (`120`) or an HTTP date
-/// (`Wed, 21 Oct 2015 07:28:00 GMT`), relative to `now`. A date in the past means "now".
-/// `None` for anything else.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // Absurdly long digit strings saturate rather than fail: the cap applies later.
-        return Some(Duration::from_secs(
-            value.parse::<u64>().unwrap_or(u64::MAX),
-        ));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::parse_retry_after;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use rand::rngs::mock::StepRng;
