@@ -62,16 +62,10 @@ pub(super) fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Sqlite
                 source,
             })?;
         }
-        // Opened here, not at the first statement, so that a read-only folder or file is
-        // reported with its path (SQLite itself says only "unable to open database file").
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .map_err(|source| StoreError::SqliteFile {
-                path: file.to_owned(),
-                source,
-            })?;
+        check_file(file).map_err(|source| StoreError::SqliteFile {
+            path: file.to_owned(),
+            source,
+        })?;
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
@@ -88,6 +82,37 @@ pub(super) fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Sqlite
         })
         .connect_lazy_with(connect);
     Ok(pool)
+}
+
+/// Creates the file when it is missing, and checks an existing one is writable, here rather than
+/// at the first statement, so that a read-only folder or file is reported with its path (SQLite
+/// itself says only "unable to open database file").
+///
+/// An existing file is never opened: closing any descriptor of a file drops every POSIX lock
+/// this process holds on it, SQLite's included, so a second store opened in a process whose
+/// first store was writing let another process write at the same time and corrupted the file
+/// ("database disk image is malformed", seen with a CLI replay beside a running worker). A new
+/// file has no locks to lose.
+fn check_file(file: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::metadata(file) {
+        Ok(metadata) if metadata.permissions().readonly() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the file is read-only",
+        )),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(file)
+            {
+                // Another process created it meanwhile: as good.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                created => created.map(drop),
+            }
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Applies the migrations inside one `BEGIN IMMEDIATE` transaction. SQLite has no advisory
@@ -433,5 +458,80 @@ mod tests {
         assert_eq!(all.len(), 200, "every job claimed exactly once");
         assert_eq!(unique.len(), 200);
         assert!(all.iter().all(|(_, attempt)| *attempt == 1));
+    }
+
+    const WRITER_URL: &str = "GEMHOOK_TEST_SQLITE_WRITER_URL";
+
+    /// The other process of [`opening_a_second_store_keeps_the_first_ones_hold_on_the_file`]:
+    /// records one delivery, closes its connections, and says whether it could.
+    #[tokio::test]
+    #[ignore = "a helper: run as a child process by opening_a_second_store_keeps_the_first_ones_hold_on_the_file"]
+    async fn writer_process() {
+        let Ok(url) = std::env::var(WRITER_URL) else {
+            return;
+        };
+        let options = ConnectOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(30),
+            listen_url: None,
+        };
+        let store = Store::connect_lazy(&url, &options).unwrap();
+        let event = crate::store::testing::batch_body("from_child");
+        let envelope = crate::envelope::parse(&event);
+        let headers = json!({});
+        let recorded = store
+            .record_delivery(&crate::store::NewEvent {
+                webhook_id: "from_child",
+                webhook_timestamp: 0,
+                envelope: &envelope,
+                scheme: crate::verify::Scheme::V1,
+                headers: &headers,
+                body: bytes::Bytes::from(event.clone()),
+            })
+            .await;
+        store.close().await;
+        println!("\n{}", if recorded.is_ok() { "wrote" } else { "refused" });
+    }
+
+    /// Closing any descriptor of a file drops every POSIX lock the process holds on it: a
+    /// second store opened in this process used to open (and close) the file, dropping the
+    /// shared lock that tells other processes this one still uses it. Another process closing
+    /// its last connection then believed itself the last user, checkpointed and deleted the WAL
+    /// under this one, and the file was corrupted ("database disk image is malformed").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_a_second_store_keeps_the_first_ones_hold_on_the_file() {
+        let db = sqlite().await;
+        let first = db.store().await;
+        accepted(record(&first, "before").await);
+        let second = db.unmigrated_store(1);
+
+        let child = tokio::task::spawn_blocking({
+            let url = db.url().to_owned();
+            move || {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--exact", "store::sqlite::tests::writer_process"])
+                    .args(["--ignored", "--nocapture", "--test-threads=1"])
+                    .env(WRITER_URL, url)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(stdout.lines().any(|line| line == "wrote"), "{stdout}");
+
+        let wal = db.file().with_extension("db-wal");
+        assert!(
+            wal.exists(),
+            "the WAL was deleted while this process still used it"
+        );
+        accepted(record(&first, "after").await);
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(first.test_sqlite_pool())
+            .await
+            .unwrap();
+        assert_eq!(check, "ok");
+        drop(second);
     }
 }

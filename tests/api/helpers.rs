@@ -208,6 +208,11 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         if self.backend == Backend::Sqlite {
             let path = self.url.trim_start_matches("sqlite://").to_owned();
+            if std::thread::panicking() {
+                // Kept for a post-mortem (`sqlite3 FILE 'PRAGMA integrity_check'`).
+                eprintln!("the failed test's database is kept at {path}");
+                return;
+            }
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{path}{suffix}"));
             }
