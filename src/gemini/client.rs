@@ -10,8 +10,6 @@
 //! Errors never include the key, nor a URL's path or query (signed URLs carry tokens there):
 //! only origins, status codes and a short, key-redacted excerpt of an error body.
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -36,25 +34,8 @@ pub const MAX_INTERACTION_BYTES: usize = 64 * 1024 * 1024;
 const ERROR_DETAIL_BYTES: usize = 512;
 const API_KEY_HEADER: &str = "x-goog-api-key";
 
-/// The Gemini API key. `Debug` shows `<redacted>`; there is no `Display`.
-#[derive(Clone)]
-pub struct ApiKey(Arc<str>);
-
-impl ApiKey {
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(Arc::from(key.into()))
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+/// The Gemini API key: sent only to allowed hosts, shown nowhere.
+pub type ApiKey = crate::redact::Redacted;
 
 /// How to build a [`GeminiClient`].
 #[derive(Debug, Clone)]
@@ -510,6 +491,7 @@ mod tests {
     use super::*;
 
     use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::sync::Mutex;
 
     use axum::Router;

@@ -76,30 +76,10 @@ pub enum SendError {
     Request(#[source] reqwest::Error),
 }
 
-/// A secret as typed on the command line or read from the environment, not yet parsed. Its
-/// `Debug` is redacted, so `SendArgs` can derive `Debug` without leaking it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretText(String);
-
-impl SecretText {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-// `From<String>` (rather than a fallible value parser) so that clap never echoes the value in a
-// parse error; the parse happens in `send`, whose errors name the flag only.
-impl From<String> for SecretText {
-    fn from(text: String) -> Self {
-        SecretText(text)
-    }
-}
-
-impl fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// A secret given on the command line. `From<String>` (rather than a fallible value parser)
+/// so that clap never echoes the value in a parse error; the parse happens in `send`, whose
+/// errors name the flag only.
+pub type SecretText = crate::redact::Redacted;
 
 /// `gemhook secret ...`
 #[derive(Debug, clap::Subcommand)]
