@@ -285,7 +285,7 @@ mod jobs {
     use serde_json::json;
 
     use crate::store::testing::{
-        TestDb, accepted, batch_body, on_both_backends, record, record_body,
+        TestDb, accepted, batch_body, on_both_backends, record, record_body, stored,
     };
     use crate::store::{
         ClaimedJob, Handoff, JobFilter, JobId, JobResult, QueueState, Requeued, Store,
@@ -297,18 +297,6 @@ mod jobs {
         JobFilter {
             state: Some(state.parse().unwrap()),
             ..JobFilter::default()
-        }
-    }
-
-    fn stored(resource_id: &str) -> JobResult {
-        JobResult {
-            resource_kind: "batch",
-            resource_id: Some(resource_id.to_owned()),
-            outcome: "stored",
-            location: Some(format!("results/{resource_id}.jsonl")),
-            size_bytes: Some(1234),
-            sha256: Some("ab".repeat(32)),
-            summary: json!({"lines": 10, "error_lines": 0}),
         }
     }
 

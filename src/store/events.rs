@@ -3,7 +3,31 @@
 
 use super::db::{Arg, Exec, Row};
 use super::queue::opt_state;
-use super::{EventFilter, EventRecord, EventSummary, PruneScope, Store, StoreError};
+use super::storable::EventFields;
+use super::{EventFilter, EventRecord, EventSummary, NewEvent, PruneScope, Store, StoreError};
+
+/// A verified delivery's event, as both backends' ack paths insert it (`$1`..`$9`, see
+/// [`insert_args`]); a duplicate `webhook-id` inserts nothing and returns no id.
+pub(super) const INSERT_EVENT: &str = "INSERT INTO events
+        (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body,
+         altered)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (webhook_id) DO NOTHING
+    RETURNING id";
+
+pub(super) fn insert_args<'a>(event: &'a NewEvent<'_>, fields: &'a EventFields) -> [Arg<'a>; 9] {
+    [
+        Arg::Text(event.webhook_id),
+        Arg::Int(event.webhook_timestamp),
+        Arg::OptText(fields.event_type.as_deref()),
+        Arg::OptText(fields.resource_id.as_deref()),
+        Arg::Text(event.envelope.status.as_str()),
+        Arg::Text(event.scheme.as_str()),
+        Arg::Json(event.headers),
+        Arg::Bytes(event.body.as_ref()),
+        Arg::OptText(fields.altered.as_deref()),
+    ]
+}
 
 /// What a list shows of an event (never its body: a list of large bodies would be slow).
 const SUMMARY_COLUMNS: &str = "e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme,

@@ -308,10 +308,10 @@ impl Store {
     /// Returns only once the outcome is durable.
     pub async fn record_delivery(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
         let recorded = match (&self.db, &self.backend) {
-            (Db::Postgres(pool), Backend::Postgres(parts)) => {
-                parts.record_delivery(pool, event).await
+            (Db::Postgres(_), Backend::Postgres(parts)) => {
+                parts.record_delivery(&self.db, event).await
             }
-            (Db::Sqlite(pool), _) => sqlite::record_delivery(pool, event).await,
+            (Db::Sqlite(_), _) => sqlite::record_delivery(&self.db, event).await,
             (Db::Postgres(_), Backend::Sqlite) => unreachable!("a Postgres pool has its parts"),
         };
         if let Ok(Recorded::Accepted { .. }) = recorded {

@@ -12,6 +12,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
+use super::db::{Arg, Db, Exec as _};
+use super::events::{INSERT_EVENT, insert_args};
 use super::group_commit::{BatchLimits, GroupWriter};
 use super::pg_read_only::{READ_ONLY_QUERY, ReadOnlyWatch};
 use super::queue::{DELIVERIES, JOBS};
@@ -139,12 +141,12 @@ impl Postgres {
     /// and then insert nothing, so 20 simultaneous copies give one row each.
     pub(super) async fn record_delivery(
         &self,
-        pool: &PgPool,
+        db: &Db,
         event: &NewEvent<'_>,
     ) -> Result<Recorded, StoreError> {
         let recorded = match &self.writer {
             Some(writer) => writer.record(event).await,
-            None => record_one(pool, event).await,
+            None => record_one(db, event).await,
         };
         if let Err(error) = &recorded {
             self.read_only.note(error);
@@ -202,38 +204,20 @@ impl Postgres {
 }
 
 /// One delivery, one statement: the event, its job and the `NOTIFY`.
-async fn record_one(pool: &PgPool, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
+async fn record_one(mut db: &Db, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
     let fields = event.storable_fields();
-    let job_id: Option<i64> = sqlx::query_scalar(
-        r#"
-        WITH new_event AS (
-            INSERT INTO events
-                (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body, altered)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10)
-            ON CONFLICT (webhook_id) DO NOTHING
-            RETURNING id
-        ), new_job AS (
-            INSERT INTO jobs (event_id)
-            SELECT id FROM new_event
-            RETURNING id
-        )
-        SELECT id, pg_notify($9, '') FROM new_job
-        "#,
-    )
-    .bind(event.webhook_id)
-    .bind(event.webhook_timestamp)
-    .bind(fields.event_type.as_deref())
-    .bind(fields.resource_id.as_deref())
-    .bind(event.envelope.status.as_str())
-    .bind(event.scheme.as_str())
-    .bind(event.headers)
-    .bind(event.body.as_ref())
-    .bind(JOBS_CHANNEL)
-    .bind(fields.altered.as_deref())
-    .fetch_optional(pool)
-    .await?;
-    Ok(match job_id {
-        Some(id) => Recorded::Accepted { job_id: JobId(id) },
+    let sql = format!(
+        "WITH new_event AS ({INSERT_EVENT}), new_job AS (
+             INSERT INTO jobs (event_id) SELECT id FROM new_event RETURNING id
+         )
+         SELECT id, pg_notify($10, '') FROM new_job"
+    );
+    let mut args = insert_args(event, &fields).to_vec();
+    args.push(Arg::Text(JOBS_CHANNEL));
+    Ok(match db.fetch_optional(&sql, &args).await? {
+        Some(row) => Recorded::Accepted {
+            job_id: JobId(row.get("id")?),
+        },
         None => Recorded::Duplicate,
     })
 }

@@ -22,7 +22,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::db::BEGIN_IMMEDIATE;
+use super::db::{Arg, BEGIN_IMMEDIATE, Db, Exec as _};
+use super::events::{INSERT_EVENT, insert_args};
 use super::{ConnectOptions, JobId, NewEvent, Readiness, Recorded, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -143,39 +144,28 @@ pub(super) async fn readiness(pool: &SqlitePool) -> Readiness {
 /// at all. Concurrent copies of one delivery queue for the write lock; the first inserts,
 /// the others then see its committed row, `ON CONFLICT DO NOTHING` returns no id, and they
 /// write nothing, so 20 simultaneous copies give one event and one job.
-pub(super) async fn record_delivery(
-    pool: &SqlitePool,
-    event: &NewEvent<'_>,
-) -> Result<Recorded, StoreError> {
+pub(super) async fn record_delivery(db: &Db, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
     let fields = event.storable_fields();
-    let mut tx = pool.begin_with(BEGIN_IMMEDIATE).await?;
-    let event_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events
-             (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body, altered)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (webhook_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(event.webhook_id)
-    .bind(event.webhook_timestamp)
-    .bind(fields.event_type.as_deref())
-    .bind(fields.resource_id.as_deref())
-    .bind(event.envelope.status.as_str())
-    .bind(event.scheme.as_str())
-    .bind(event.headers)
-    .bind(event.body.as_ref())
-    .bind(fields.altered.as_deref())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(event_id) = event_id else {
+    let mut tx = db.begin().await?;
+    let inserted = (&mut tx)
+        .fetch_optional(INSERT_EVENT, &insert_args(event, &fields))
+        .await?;
+    let Some(inserted) = inserted else {
         // Nothing was written; end the transaction now rather than on drop.
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);
     };
-    let job_id: i64 = sqlx::query_scalar("INSERT INTO jobs (event_id) VALUES ($1) RETURNING id")
-        .bind(event_id)
-        .fetch_one(&mut *tx)
+    let event_id: i64 = inserted.get("id")?;
+    let job = (&mut tx)
+        .fetch_optional(
+            "INSERT INTO jobs (event_id) VALUES ($1) RETURNING id",
+            &[Arg::Int(event_id)],
+        )
         .await?;
+    let job_id: i64 = job
+        .map(|row| row.get("id"))
+        .transpose()?
+        .unwrap_or_default();
     tx.commit().await?;
     Ok(Recorded::Accepted {
         job_id: JobId(job_id),
@@ -236,25 +226,13 @@ mod tests {
     use serde_json::json;
 
     use super::MIGRATOR;
-    use crate::store::testing::{Backend, TestDb, accepted, record};
-    use crate::store::{ConnectOptions, JobId, JobResult, Recorded, Store, StoreError};
+    use crate::store::testing::{Backend, TestDb, accepted, record, stored};
+    use crate::store::{ConnectOptions, JobId, Recorded, Store, StoreError};
 
     const LEASE: Duration = Duration::from_secs(60);
 
     async fn sqlite() -> TestDb {
         TestDb::new(Backend::Sqlite).await
-    }
-
-    fn stored(resource_id: &str) -> JobResult {
-        JobResult {
-            resource_kind: "batch",
-            resource_id: Some(resource_id.to_owned()),
-            outcome: "stored",
-            location: Some(format!("results/{resource_id}.jsonl")),
-            size_bytes: Some(1234),
-            sha256: Some("ab".repeat(32)),
-            summary: json!({"lines": 10, "error_lines": 0}),
-        }
     }
 
     #[tokio::test]

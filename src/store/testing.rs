@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
-use super::{BatchLimits, ConnectOptions, JobId, NewEvent, Recorded, Store};
+use super::{BatchLimits, ConnectOptions, JobId, JobResult, NewEvent, Recorded, Store};
 use crate::envelope::Envelope;
 use crate::verify::Scheme;
 
@@ -222,6 +222,19 @@ pub fn batch_body(webhook_id: &str) -> Vec<u8> {
         "data": {"id": format!("batches/{webhook_id}"), "output_uri": "files/out"},
     }))
     .unwrap()
+}
+
+/// A stored batch result for `resource_id`.
+pub fn stored(resource_id: &str) -> JobResult {
+    JobResult {
+        resource_kind: "batch",
+        resource_id: Some(resource_id.to_owned()),
+        outcome: "stored",
+        location: Some(format!("results/{resource_id}.jsonl")),
+        size_bytes: Some(1234),
+        sha256: Some("ab".repeat(32)),
+        summary: serde_json::json!({"lines": 10, "error_lines": 0}),
+    }
 }
 
 pub fn accepted(recorded: Recorded) -> JobId {
