@@ -100,18 +100,29 @@ pub struct Follower {
 impl Follower {
     /// Follows the job's pointer. Besides the result, returns the fetched interaction JSON,
     /// which the hand-off may send inline.
-    pub async fn follow(&self, job: &ClaimedJob) -> Result<(JobResult, Option<Value>), Failure> {
+    /// `plan` is the job's event planned once by the caller ([`Follower::plan`]), which the
+    /// hand-off uses too.
+    pub async fn follow(
+        &self,
+        job: &ClaimedJob,
+        plan: &Plan,
+    ) -> Result<(JobResult, Option<Value>), Failure> {
         let mut inline = None;
-        let result = self.follow_into(job, &mut inline).await?;
+        let result = self.follow_into(job, plan, &mut inline).await?;
         Ok((result, inline))
+    }
+
+    /// What the job's event asks for (pure; see [`pointer::plan`]).
+    pub fn plan(&self, job: &ClaimedJob) -> Plan {
+        pointer::plan(&job.body, &self.policy)
     }
 
     async fn follow_into(
         &self,
         job: &ClaimedJob,
+        plan: &Plan,
         inline: &mut Option<Value>,
     ) -> Result<JobResult, Failure> {
-        let plan = pointer::plan(&job.body, &self.policy);
         let mut summary = json!({});
         if let Some(metadata) = &plan.user_metadata {
             summary["user_metadata"] = metadata.clone();
@@ -161,15 +172,15 @@ impl Follower {
             }
             Work::DownloadFile { .. } | Work::DownloadUrl { .. } | Work::DownloadGcs { .. } => {
                 if let Some(reused) = self.reusable(job, plan.kind, &plan.resource_id).await {
-                    return Ok(reused_result(&plan, reused, summary));
+                    return Ok(reused_result(plan, reused, summary));
                 }
-                let stored = self.download(&plan, &plan.work).await?;
+                let stored = self.download(plan, &plan.work).await?;
                 add_download_summary(&mut summary, plan.kind, &stored);
                 Ok(result("stored", Some(&stored), summary))
             }
             Work::LookUpBatch { id } => {
                 if let Some(reused) = self.reusable(job, plan.kind, &plan.resource_id).await {
-                    return Ok(reused_result(&plan, reused, summary));
+                    return Ok(reused_result(plan, reused, summary));
                 }
                 let batch = self
                     .client()?
@@ -189,7 +200,7 @@ impl Follower {
                                 result: Some(Box::new(result("not_followable", None, summary))),
                             });
                         }
-                        self.download(&plan, &work).await?
+                        self.download(plan, &work).await?
                     }
                     BatchResults::Inline(responses) => {
                         summary["inline"] = json!(true);

@@ -12,6 +12,7 @@
 
 mod follow;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::deliver::{self, Finished, OutcomeState, SinkSet};
-use crate::gemini::pointer;
+use crate::gemini::Plan;
 use crate::observe;
 use crate::queue::runner as queue;
 use crate::store::{ClaimedJob, Handoff, JobResult, Store};
@@ -114,8 +115,11 @@ impl Worker {
         );
         async {
             let started = Instant::now();
+            // Planned once: the attempt follows it, and the hand-off takes the resource and
+            // user_metadata from it.
+            let plan = self.inner.follower.plan(job);
             let outcome = tokio::select! {
-                outcome = self.inner.follower.follow(job) => outcome,
+                outcome = self.inner.follower.follow(job, &plan) => outcome,
                 () = self.keep_lease(job) => {
                     tracing::warn!("lease lost to another worker: abandoning this attempt");
                     return;
@@ -128,7 +132,7 @@ impl Worker {
                     return;
                 }
             };
-            self.finish(job, outcome, started).await;
+            self.finish(job, outcome, started, Some(&plan)).await;
         }
         .instrument(span)
         .await
@@ -155,13 +159,20 @@ impl Worker {
         job: &ClaimedJob,
         outcome: Result<(JobResult, Option<Value>), Failure>,
         started: Instant,
+        plan: Option<&Plan>,
     ) {
         let store = &self.inner.store;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let written = match outcome {
             Ok((result, inline)) => {
-                let handoff =
-                    self.handoff(job, OutcomeState::Completed, Some(&result), None, inline);
+                let handoff = self.handoff(
+                    job,
+                    OutcomeState::Completed,
+                    Some(&result),
+                    None,
+                    inline,
+                    plan,
+                );
                 let written = store
                     .complete_if_running(job, &result, handoff.as_ref())
                     .await;
@@ -201,6 +212,7 @@ impl Worker {
                             result,
                             Some(&failure.message),
                             None,
+                            plan,
                         );
                         store
                             .discard_if_running(job, &failure.message, result, handoff.as_ref())
@@ -232,20 +244,18 @@ impl Worker {
         result: Option<&JobResult>,
         last_error: Option<&str>,
         inline: Option<Value>,
+        plan: Option<&Plan>,
     ) -> Option<Handoff> {
         let sinks = &self.inner.sinks;
         if sinks.is_empty() {
             return None;
         }
-        // Parsed again here rather than carried from the attempt: it is cheap, and the plan
-        // is what gives a discarded job its resource id and user_metadata.
-        let plan = pointer::plan(&job.body, &self.inner.follower.policy);
         let outcome = deliver::build(Finished {
             webhook_id: &job.webhook_id,
             event_type: job.event_type.as_deref(),
             state,
             result,
-            plan: Some(&plan),
+            plan,
             last_error,
             inline,
             inline_max_bytes: sinks.max_inline_bytes(),
@@ -323,7 +333,11 @@ impl queue::Queue for Worker {
             kind: FailureKind::Transient { retry_after: None },
             result: None,
         };
-        self.finish(job, Err(failure), Instant::now()).await;
+        // The plan again, guarded: the panic may have come from planning this very body.
+        let plan =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.follower.plan(job))).ok();
+        self.finish(job, Err(failure), Instant::now(), plan.as_ref())
+            .await;
     }
 
     fn wakeups(&self) -> Arc<tokio::sync::Notify> {
