@@ -760,26 +760,27 @@ async fn verify_capture(
 ) -> anyhow::Result<()> {
     let keys = settings.keys()?;
     let policy = settings.policy();
-    let published = if settings.dynamic_webhooks {
-        let cache = crate::jwks::JwksCache::new(
-            settings.jwks_url()?,
-            reqwest::Client::new(),
-            std::time::Duration::from_secs(settings.jwks_ttl_secs),
-            std::time::Duration::from_secs(settings.jwks_min_refresh_secs),
+    // A fresh cache holds no set: the shared policy fetches Google's keys only when the capture
+    // could verify with them, so a v1 capture is judged offline.
+    let jwks = settings
+        .dynamic_webhooks
+        .then(|| -> anyhow::Result<_> {
+            Ok(crate::jwks::JwksCache::new(
+                settings.jwks_url()?,
+                reqwest::Client::new(),
+                std::time::Duration::from_secs(settings.jwks_ttl_secs),
+                std::time::Duration::from_secs(settings.jwks_min_refresh_secs),
+            ))
+        })
+        .transpose()?;
+    let (output, accepted) = crate::tools::capture::run_verify(args, &keys, &policy, jwks.as_ref())
+        .await
+        .context("cannot verify the capture")?;
+    if let Some(error) = jwks.as_ref().and_then(|cache| cache.status().last_error) {
+        eprintln!(
+            "warning: Google's JWKS could not be fetched ({error}); v1a/JWT entries are checked against configured keys only"
         );
-        cache.refresh_after_miss().await;
-        if let Some(error) = cache.status().last_error {
-            eprintln!(
-                "warning: Google's JWKS could not be fetched ({error}); v1a/JWT entries are checked against configured keys only"
-            );
-        }
-        cache.current()
-    } else {
-        None
-    };
-    let (output, accepted) =
-        crate::tools::capture::run_verify(args, &keys, &policy, published.as_deref())
-            .context("cannot verify the capture")?;
+    }
     println!("{output}");
     if !accepted {
         anyhow::bail!("the capture would be refused");

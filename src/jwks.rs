@@ -5,7 +5,9 @@
 //!
 //! - a background task fetches the set at start-up (start-up never waits for Google) and again
 //!   when it expires (`Cache-Control: max-age`, else the configured TTL);
-//! - when no cached key verifies a delivery, [`JwksCache::refresh_after_miss`] refetches, at most
+//! - when no cached key verifies a delivery, [`verify_refetching`] (the one verification policy,
+//!   used by the receiver and by `gemhook verify`) asks [`JwksCache::refresh_after_miss`] to
+//!   refetch, at most
 //!   once per `min_refresh` and with concurrent callers sharing one fetch, so a flood of forged
 //!   deliveries costs Google one request;
 //! - a failed or malformed fetch keeps the last good set: losing Google for a while must not turn
@@ -20,7 +22,42 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::telemetry::error_chain;
-use crate::verify::{JwksDocumentError, PublishedKeys, parse_jwks};
+use crate::verify::{
+    self, CheckedHeaders, JwksDocumentError, Keys, Policy, PublishedKeys, Rejection, Verified,
+    parse_jwks,
+};
+
+/// The verification policy, written once for the receiver and `gemhook verify`: verify against
+/// the configured keys and the cached JWKS; when nothing verifies and Google's keys could have
+/// (a `v1a` entry, or a JWT we accept), refetch once (the cache rate-limits and shares
+/// refetches) and try again, since Google may have added a key since our last fetch.
+///
+/// Returns the verdict and the published set it was last judged against, which `gemhook
+/// verify` explains.
+pub async fn verify_refetching(
+    jwks: Option<&JwksCache>,
+    checked: &CheckedHeaders<'_>,
+    body: &[u8],
+    keys: &Keys,
+    policy: &Policy,
+    now: i64,
+) -> (Result<Verified, Rejection>, Option<Arc<PublishedKeys>>) {
+    let published = jwks.and_then(JwksCache::current);
+    let first = verify::verify_checked(checked, body, keys, published.as_deref(), policy, now);
+    let Some(jwks) = jwks else {
+        return (first, published);
+    };
+    let refetch_could_help = verify::wants_published_keys(checked.signature, policy);
+    if first != Err(Rejection::InvalidSignature)
+        || !refetch_could_help
+        || !jwks.refresh_after_miss().await
+    {
+        return (first, published);
+    }
+    let published = jwks.current();
+    let second = verify::verify_checked(checked, body, keys, published.as_deref(), policy, now);
+    (second, published)
+}
 
 /// A JWKS is a few kilobytes; anything near this is not one, and we do not buffer it.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -446,6 +483,70 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Verifies a `signature` over a fixed delivery by the shared policy, at the delivery's time.
+    async fn judge(cache: &JwksCache, signature: &str) -> Result<Verified, Rejection> {
+        let checked = CheckedHeaders {
+            id: "msg_policy",
+            timestamp: 1_700_000_000,
+            signature,
+        };
+        let (verdict, _) = verify_refetching(
+            Some(cache),
+            &checked,
+            b"{}",
+            &Keys::default(),
+            &Policy::default(),
+            1_700_000_000,
+        )
+        .await;
+        verdict
+    }
+
+    fn signed_v1a(seed: u8) -> String {
+        let key = crate::verify::WebhookSigningKey::from_signing_key(
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+        );
+        crate::verify::sign_v1a(&key, "msg_policy", 1_700_000_000, b"{}")
+    }
+
+    #[tokio::test]
+    async fn a_v1a_delivery_signed_with_a_key_added_since_the_last_fetch_verifies_after_one_refetch()
+     {
+        let served = Served::with_keys(&[1]);
+        let (url, _server) = spawn_server(served.clone()).await;
+        let cache = cache(url, Duration::from_secs(3600), Duration::from_millis(1));
+        assert!(cache.refresh_after_miss().await);
+        served.set_keys(&[1, 2]);
+        tokio::time::sleep(Duration::from_millis(5)).await; // past min_refresh
+
+        let verified = judge(&cache, &signed_v1a(2)).await.unwrap();
+
+        assert_eq!(verified.scheme.as_str(), "v1a");
+        assert_eq!(served.hits(), 2, "one refetch after the miss");
+    }
+
+    #[tokio::test]
+    async fn a_failure_google_keys_could_not_fix_never_refetches() {
+        let served = Served::with_keys(&[1]);
+        let (url, _server) = spawn_server(served.clone()).await;
+        let cache = cache(url, Duration::from_secs(3600), Duration::from_millis(1));
+
+        let v1_only = judge(&cache, "v1,bm90IGEgc2lnbmF0dXJl").await;
+
+        assert_eq!(v1_only, Err(Rejection::InvalidSignature));
+        assert_eq!(
+            served.hits(),
+            0,
+            "a v1 failure is not Google's keys' business"
+        );
+        // A v1a entry signed by a key nobody publishes: one refetch, then the refusal.
+        assert_eq!(
+            judge(&cache, &signed_v1a(9)).await,
+            Err(Rejection::InvalidSignature)
+        );
+        assert_eq!(served.hits(), 1);
     }
 
     #[tokio::test]

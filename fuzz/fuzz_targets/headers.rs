@@ -50,6 +50,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(!entry.version.contains([' ', ',']));
             assert!(!entry.value.contains(' '));
         }
-        let _ = wants_published_keys(signature);
+        let _ = wants_published_keys(signature, &Policy::default());
     }
 });

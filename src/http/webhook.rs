@@ -11,13 +11,13 @@ use futures::StreamExt as _;
 use serde_json::{Map, Value};
 use tracing::{Instrument, field};
 
-use super::{ApiError, AppState, Shared};
+use super::{ApiError, AppState};
 use crate::envelope;
-use crate::jwks::JwksCache;
+use crate::jwks;
 use crate::observe;
 use crate::store::{NewEvent, Recorded, StoreError};
 use crate::telemetry::error_chain;
-use crate::verify::{self, CheckedHeaders, Rejection, Verified, WebhookHeaders};
+use crate::verify::{self, Rejection, WebhookHeaders};
 
 const WEBHOOK_ID: &str = "webhook-id";
 const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
@@ -118,7 +118,16 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
     let checked = verify::check_headers(&webhook_headers)?;
     tracing::Span::current().record("webhook_id", checked.id);
 
-    let verified = verify_signature(shared, &checked, &body).await?;
+    let (verified, _) = jwks::verify_refetching(
+        shared.jwks.as_ref(),
+        &checked,
+        &body,
+        &shared.keys,
+        &shared.policy,
+        unix_now(),
+    )
+    .await;
+    let verified = verified?;
     observe::verified(verified.scheme.as_str());
 
     let envelope = envelope::parse(&body);
@@ -143,49 +152,6 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
             limits.ack_deadline,
         ))),
     }
-}
-
-/// Verifies against the configured keys and the cached JWKS. When nothing verifies and Google's
-/// keys could have (a `v1a` entry, or a JWT we accept), the JWKS is refetched once (the cache
-/// rate-limits and shares refetches) and the delivery is tried again: Google may have added a
-/// key since our last fetch.
-async fn verify_signature(
-    shared: &Shared,
-    checked: &CheckedHeaders<'_>,
-    body: &[u8],
-) -> Result<Verified, Rejection> {
-    let now = unix_now();
-    let published = shared.jwks.as_ref().and_then(JwksCache::current);
-    let first = verify::verify_checked(
-        checked,
-        body,
-        &shared.keys,
-        published.as_deref(),
-        &shared.policy,
-        now,
-    );
-    let Some(jwks) = &shared.jwks else {
-        return first;
-    };
-    let signature = checked.signature;
-    let has_v1a = verify::signature_entries(signature).any(|entry| entry.version == "v1a");
-    let refetch_could_help =
-        has_v1a || (shared.policy.accept_jwt && verify::wants_published_keys(signature));
-    if first != Err(Rejection::InvalidSignature) || !refetch_could_help {
-        return first;
-    }
-    if !jwks.refresh_after_miss().await {
-        return first;
-    }
-    let published = jwks.current();
-    verify::verify_checked(
-        checked,
-        body,
-        &shared.keys,
-        published.as_deref(),
-        &shared.policy,
-        now,
-    )
 }
 
 /// The declared Content-Length; one over `limit` is refused by [`read_body`]'s caller before a

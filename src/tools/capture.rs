@@ -13,7 +13,8 @@
 //!   or bare LF line ends, as `nc -l`, `tcpdump -A` or a debugging proxy saves it.
 //!
 //! [`run_verify`] is the command itself, minus the configuration: it reads the file, picks the
-//! clock and renders the explanation.
+//! clock, judges the capture by the receiver's own policy ([`jwks::verify_refetching`]: Google's
+//! keys are fetched only when they could verify it) and renders the explanation.
 
 use std::fmt;
 use std::io::Read;
@@ -24,8 +25,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
+use crate::jwks::{self, JwksCache};
 use crate::tools::explain::{Explanation, explain};
-use crate::verify::{Keys, Policy, PublishedKeys, Rejection, WebhookHeaders};
+use crate::verify::{self, Keys, Policy, PublishedKeys, Rejection, WebhookHeaders};
 
 /// The Standard Webhooks headers, by their lower-case names.
 const WEBHOOK_ID: &str = "webhook-id";
@@ -361,11 +363,11 @@ struct CaptureSummary<'a> {
 /// Runs `gemhook verify`: the text (or JSON) to print, and whether the delivery verifies.
 ///
 /// `published` is Google's key set when dynamic webhooks are on; the caller fetches it.
-pub fn run_verify(
+pub async fn run_verify(
     args: &VerifyArgs,
     keys: &Keys,
     policy: &Policy,
-    published: Option<&PublishedKeys>,
+    jwks: Option<&JwksCache>,
 ) -> Result<(String, bool), CaptureError> {
     let bytes = read_input(&args.file)?;
     let (capture, format) = parse_with_format(&bytes)?;
@@ -378,7 +380,15 @@ pub fn run_verify(
     } else {
         args.now.unwrap_or_else(unix_now)
     };
-    let explanation = explain_capture(&capture, keys, policy, published, now);
+    let published = match verify::check_headers(&headers) {
+        Ok(checked) => {
+            jwks::verify_refetching(jwks, &checked, &capture.body, keys, policy, now)
+                .await
+                .1
+        }
+        Err(_) => jwks.and_then(JwksCache::current),
+    };
+    let explanation = explain_capture(&capture, keys, policy, published.as_deref(), now);
     let accepted = explanation.accepted();
     let output = if args.json {
         let report = Report {

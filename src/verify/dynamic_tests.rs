@@ -304,10 +304,21 @@ fn a_jwt_delivery_still_needs_a_fresh_webhook_timestamp() {
 }
 
 #[test]
-fn only_a_jwt_or_a_v1a_entry_wants_the_published_keys() {
+fn only_a_v1a_entry_or_an_accepted_jwt_wants_the_published_keys() {
     let token = jwt(json!({}), "test-a", RSA_KEY_A);
-    assert!(wants_published_keys(&token));
-    assert!(wants_published_keys("v1,abc= v1a,def="));
-    assert!(!wants_published_keys("v1,abc= v2,def="));
-    assert!(!wants_published_keys("v1a"));
+    let accepting = Policy {
+        accept_jwt: true,
+        ..Policy::default()
+    };
+    let refusing = Policy {
+        accept_jwt: false,
+        ..Policy::default()
+    };
+    assert!(wants_published_keys(&token, &accepting));
+    assert!(!wants_published_keys(&token, &refusing));
+    for policy in [&accepting, &refusing] {
+        assert!(wants_published_keys("v1,abc= v1a,def=", policy));
+        assert!(!wants_published_keys("v1,abc= v2,def=", policy));
+        assert!(!wants_published_keys("v1a", policy));
+    }
 }

@@ -224,11 +224,12 @@ pub(crate) struct SignedContent<'a> {
     pub body: &'a [u8],
 }
 
-/// True when Google's published keys could verify this `webhook-signature`: it is a compact JWT
-/// or has a `v1a` entry. Only then can refetching the JWKS after a failure help, so the HTTP
-/// layer asks this before spending a refetch on a delivery.
-pub fn wants_published_keys(signature_header: &str) -> bool {
-    jwt::is_compact_jwt(signature_header)
+/// True when Google's published keys could verify this `webhook-signature` under `policy`: it
+/// has a `v1a` entry, or it is a compact JWT and JWTs are accepted. Only then can refetching the
+/// JWKS after a failure help, so [`crate::jwks::verify_refetching`] asks this before spending a
+/// refetch on a delivery.
+pub fn wants_published_keys(signature_header: &str, policy: &Policy) -> bool {
+    (policy.accept_jwt && jwt::is_compact_jwt(signature_header))
         || signature_entries(signature_header).any(|entry| entry.version == "v1a")
 }
 

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
+use futures::executor::block_on;
 use serde_json::{Value, json};
 
 use super::*;
@@ -92,12 +93,12 @@ fn args(file: PathBuf, now: Option<i64>, at_receipt: bool, json: bool) -> Verify
 /// Runs the command on a capture file and checks that no secret shows in what it prints.
 fn verify_file(contents: &[u8], now: Option<i64>, at_receipt: bool, json: bool) -> (String, bool) {
     let path = temp_file(contents);
-    let result = run_verify(
+    let result = block_on(run_verify(
         &args(path.clone(), now, at_receipt, json),
         &keys(),
         &Policy::default(),
         None,
-    );
+    ));
     std::fs::remove_file(&path).unwrap();
     let (output, accepted) = result.unwrap();
     for secret in [OLD_SECRET, NEW_SECRET] {
@@ -339,17 +340,17 @@ fn a_missing_file_or_receipt_time_is_an_error() {
         false,
         false,
     );
-    let error = run_verify(&missing, &keys(), &Policy::default(), None).unwrap_err();
+    let error = block_on(run_verify(&missing, &keys(), &Policy::default(), None)).unwrap_err();
     assert!(matches!(error, CaptureError::Read { .. }));
 
     let text = json!({"headers": {"webhook-timestamp": "soon"}, "body": ""}).to_string();
     let path = temp_file(text.as_bytes());
-    let result = run_verify(
+    let result = block_on(run_verify(
         &args(path.clone(), None, true, false),
         &keys(),
         &Policy::default(),
         None,
-    );
+    ));
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(result, Err(CaptureError::NoReceiptTime)));
 }
