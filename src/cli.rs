@@ -1,6 +1,7 @@
 //! The command line: `serve`, `migrate`, `events`. The only place besides `main` that uses
 //! `anyhow`: every command ends in a message for a human.
 
+mod table;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -625,6 +626,7 @@ async fn tail_events(
     let mut printed = 0u64;
     if !json {
         eprintln!("following new events (Ctrl-C to stop)");
+        println!("{}", table::TAIL.header());
     }
     loop {
         let filter = EventFilter {
@@ -646,15 +648,15 @@ async fn tail_events(
             if json {
                 println!("{}", serde_json::to_string(&event)?);
             } else {
-                println!(
-                    "{}  {:<40} {:<28} {:<11} {:<4} job {}",
-                    event.received_at.format("%H:%M:%S%.3f"),
-                    event.webhook_id,
-                    event.event_type.as_deref().unwrap_or("-"),
-                    event.status,
-                    event.scheme,
-                    event.job_state.map_or("-", QueueState::as_str),
-                );
+                let line = table::TAIL.row(&[
+                    &event.received_at.format("%H:%M:%S%.3f"),
+                    &event.webhook_id,
+                    &event.event_type.as_deref().unwrap_or("-"),
+                    &event.status,
+                    &event.scheme,
+                    &event.job_state.map_or("-", QueueState::as_str),
+                ]);
+                println!("{line}");
             }
             printed += 1;
             if count.is_some_and(|count| printed >= count) {
@@ -690,21 +692,16 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
-                println!(
-                    "{:<8} {:<10} {:<7} {:<28} {:<40} LAST ERROR",
-                    "ID", "STATE", "ATTEMPT", "TYPE", "WEBHOOK_ID"
-                );
-                for job in jobs {
-                    println!(
-                        "{:<8} {:<10} {:<7} {:<28} {:<40} {}",
-                        job.id,
-                        job.state,
-                        job.attempt,
-                        job.event_type.as_deref().unwrap_or("-"),
-                        job.webhook_id,
-                        job.last_error.as_deref().unwrap_or("")
-                    );
-                }
+                table::JOBS.print(jobs.iter().map(|job| {
+                    table::JOBS.row(&[
+                        &job.id,
+                        &job.state,
+                        &job.attempt,
+                        &job.event_type.as_deref().unwrap_or("-"),
+                        &job.webhook_id,
+                        &job.last_error.as_deref().unwrap_or(""),
+                    ])
+                }));
             }
         }
         JobsCommand::Show { job_id, json } => {
@@ -799,21 +796,16 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
             if json {
                 println!("{}", serde_json::to_string_pretty(&deliveries)?);
             } else {
-                println!(
-                    "{:<8} {:<16} {:<10} {:<7} {:<40} LAST ERROR",
-                    "ID", "SINK", "STATE", "ATTEMPT", "WEBHOOK_ID"
-                );
-                for d in deliveries {
-                    println!(
-                        "{:<8} {:<16} {:<10} {:<7} {:<40} {}",
-                        d.id,
-                        d.sink,
-                        d.state,
-                        d.attempt,
-                        d.webhook_id,
-                        d.last_error.as_deref().unwrap_or("")
-                    );
-                }
+                table::DELIVERIES.print(deliveries.iter().map(|d| {
+                    table::DELIVERIES.row(&[
+                        &d.id,
+                        &d.sink,
+                        &d.state,
+                        &d.attempt,
+                        &d.webhook_id,
+                        &d.last_error.as_deref().unwrap_or(""),
+                    ])
+                }));
             }
         }
         DeliveriesCommand::Show { delivery_id, json } => {
@@ -934,20 +926,15 @@ fn report_requeued(outcome: Requeued, what: &str) -> anyhow::Result<()> {
 }
 
 fn print_event_table(events: &[EventSummary]) {
-    println!(
-        "{:<25} {:<40} {:<28} {:<12} {:<10}",
-        "RECEIVED_AT", "WEBHOOK_ID", "TYPE", "STATUS", "JOB"
-    );
-    for e in events {
-        println!(
-            "{:<25} {:<40} {:<28} {:<12} {:<10}",
-            e.received_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-            e.webhook_id,
-            e.event_type.as_deref().unwrap_or("-"),
-            e.status,
-            e.job_state.map_or("-", QueueState::as_str),
-        );
-    }
+    table::EVENTS.print(events.iter().map(|e| {
+        table::EVENTS.row(&[
+            &e.received_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            &e.webhook_id,
+            &e.event_type.as_deref().unwrap_or("-"),
+            &e.status,
+            &e.job_state.map_or("-", QueueState::as_str),
+        ])
+    }));
 }
 
 /// The stored event as JSON: the summary, the headers, and the body both as text (when it is

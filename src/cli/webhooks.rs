@@ -327,16 +327,15 @@ fn print_table(webhooks: &[Fetched<Webhook>]) {
         println!("no webhooks (create one with `gemhook webhooks create --uri URL --events ...`)");
         return;
     }
-    println!("{:<24} {:<34} {:<48} EVENTS", "ID", "STATE", "URI");
-    for webhook in webhooks.iter().map(|w| &w.value) {
-        println!(
-            "{:<24} {:<34} {:<48} {}",
-            webhook.id().unwrap_or("-"),
-            webhook.state().unwrap_or_else(|| "-".into()),
-            webhook.uri.as_deref().unwrap_or("-"),
-            webhook.subscribed_events.join(",")
-        );
-    }
+    let table = &super::table::WEBHOOKS;
+    table.print(webhooks.iter().map(|w| &w.value).map(|webhook| {
+        table.row(&[
+            &webhook.id().unwrap_or("-"),
+            &webhook.state().unwrap_or_else(|| "-".into()),
+            &webhook.uri.as_deref().unwrap_or("-"),
+            &webhook.subscribed_events.join(","),
+        ])
+    }));
     for webhook in webhooks.iter().map(|w| &w.value) {
         hint_if_disabled(webhook);
     }
