@@ -99,7 +99,7 @@ fn new_key() -> WebhookSigningKey {
 
 async fn spawn_dynamic_app(jwks: &JwksServer, min_refresh_secs: u64) -> TestApp {
     let url = jwks.url.clone();
-    spawn_app_with(move |f| {
+    spawn_app_on(Backend::Sqlite, move |f| {
         f.merge(("dynamic_webhooks", true))
             .merge(("jwks_url", url))
             .merge(("jwks_min_refresh_secs", min_refresh_secs))
@@ -142,12 +142,7 @@ impl TestApp {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a() {
-    crate::require_postgres!();
     let (first, second) = (new_key(), new_key());
     let jwks = JwksServer::start(&[&first, &second]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -163,12 +158,7 @@ async fn a_v1a_delivery_signed_by_the_second_of_two_jwks_keys_is_accepted_as_v1a
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
 
@@ -183,12 +173,7 @@ async fn a_v1a_delivery_signed_by_a_key_outside_the_jwks_is_refused() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_v1a_delivery_over_a_changed_body_is_refused() {
-    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -204,12 +189,7 @@ async fn a_v1a_delivery_over_a_changed_body_is_refused() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
-    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
@@ -228,12 +208,7 @@ async fn a_bad_v1_entry_beside_a_good_v1a_entry_is_accepted() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 1).await;
     jwks.wait_for_hits(1).await;
@@ -250,12 +225,7 @@ async fn a_key_added_to_the_jwks_after_start_is_accepted_after_one_refetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[&new_key()]).await;
     let app = spawn_dynamic_app(&jwks, 2).await;
     jwks.wait_for_hits(1).await;
@@ -277,12 +247,7 @@ async fn fifty_forged_deliveries_cost_at_most_one_refetch_per_interval() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
-    crate::require_postgres!();
     let key = new_key();
     let jwks = JwksServer::start(&[&key]).await;
     let app = spawn_dynamic_app(&jwks, 1).await;
@@ -303,15 +268,10 @@ async fn a_cached_key_still_verifies_after_the_jwks_server_is_gone() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_whpk_key_from_configuration_verifies_without_any_jwks() {
-    crate::require_postgres!();
     let key = new_key();
     let public = key.public_key().to_string();
-    let app = spawn_app_with(move |f| f.merge(("public_keys", public))).await;
+    let app = spawn_app_on(Backend::Sqlite, move |f| f.merge(("public_keys", public))).await;
     let id = unique_id();
 
     let response = app.post_v1a(&key, &id, &batch_succeeded("dyn_9")).await;
@@ -336,12 +296,7 @@ async fn post_jwt(app: &TestApp, token: &str) -> (u16, String) {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kids_key() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
     let now = unix_now();
@@ -366,12 +321,7 @@ async fn rs256_jwts_are_accepted_only_when_valid_unexpired_and_signed_by_the_kid
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let app = spawn_dynamic_app(&jwks, 30).await;
     let claims = URL_SAFE_NO_PAD.encode(json!({"exp": unix_now() + 600}).to_string());
@@ -397,15 +347,10 @@ async fn jwts_with_alg_none_or_hs256_keyed_with_the_public_key_are_refused() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
 async fn a_valid_jwt_is_refused_when_jwt_acceptance_is_turned_off() {
-    crate::require_postgres!();
     let jwks = JwksServer::start(&[]).await;
     let url = jwks.url.clone();
-    let app = spawn_app_with(move |f| {
+    let app = spawn_app_on(Backend::Sqlite, move |f| {
         f.merge(("dynamic_webhooks", true))
             .merge(("jwks_url", url))
             .merge(("accept_jwt", false))

@@ -84,184 +84,169 @@ pub fn event(event_type: &str, data: Value) -> String {
     json!({"type": event_type, "version": "v1", "data": data}).to_string()
 }
 
-#[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
-async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_library_verifies_it() {
-    crate::require_postgres!();
-    let gemini = GeminiStandIn::start().await;
-    gemini.script(
-        "h1",
-        [Answer::Body(Bytes::from(
-            "{\"key\":\"1\"}\n{\"key\":\"2\",\"error\":{}}\n",
-        ))],
-    );
-    let application = Application::default();
-    let url = application.start().await;
-    let app = app_with_sinks(&gemini, http_sink("app", &url, "")).await;
-    let id = unique_id();
-    let body = event(
-        "batch.succeeded",
-        json!({"id": "batches/h1", "output_file_uri": "files/h1", "user_metadata": {"job_group": "nightly-eval"}}),
-    );
-    app.post_signed(&id, &body).await;
+crate::on_both_backends! {
+    async fn a_batch_outcome_reaches_the_application_signed_so_an_independent_library_verifies_it() {
+        let gemini = GeminiStandIn::start().await;
+        gemini.script(
+            "h1",
+            [Answer::Body(Bytes::from(
+                "{\"key\":\"1\"}\n{\"key\":\"2\",\"error\":{}}\n",
+            ))],
+        );
+        let application = Application::default();
+        let url = application.start().await;
+        let app = app_with_sinks(&gemini, http_sink("app", &url, "")).await;
+        let id = unique_id();
+        let body = event(
+            "batch.succeeded",
+            json!({"id": "batches/h1", "output_file_uri": "files/h1", "user_metadata": {"job_group": "nightly-eval"}}),
+        );
+        app.post_signed(&id, &body).await;
 
-    process(&app).await;
+        process(&app).await;
 
-    let received = application.received();
-    assert_eq!(received.len(), 1);
-    let (delivery_id, outcome) = &received[0];
-    assert!(delivery_id.starts_with("gh_"));
-    assert_eq!(outcome["webhook_id"], id.as_str());
-    assert_eq!(outcome["type"], "batch.succeeded");
-    assert_eq!(outcome["state"], "completed");
-    assert_eq!(
-        outcome["user_metadata"],
-        json!({"job_group": "nightly-eval"})
-    );
-    assert_eq!(outcome["result"]["lines"], 2);
-    assert_eq!(outcome["result"]["error_lines"], 1);
-    assert!(outcome["result"]["sha256"].is_string());
-    assert_eq!(*application.refused.lock().unwrap(), 0);
+        let received = application.received();
+        assert_eq!(received.len(), 1);
+        let (delivery_id, outcome) = &received[0];
+        assert!(delivery_id.starts_with("gh_"));
+        assert_eq!(outcome["webhook_id"], id.as_str());
+        assert_eq!(outcome["type"], "batch.succeeded");
+        assert_eq!(outcome["state"], "completed");
+        assert_eq!(
+            outcome["user_metadata"],
+            json!({"job_group": "nightly-eval"})
+        );
+        assert_eq!(outcome["result"]["lines"], 2);
+        assert_eq!(outcome["result"]["error_lines"], 1);
+        assert!(outcome["result"]["sha256"].is_string());
+        assert_eq!(*application.refused.lock().unwrap(), 0);
+    }
 }
 
-#[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
-async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match() {
-    crate::require_postgres!();
-    let gemini = GeminiStandIn::start().await;
-    let (nightly, agents) = (Application::default(), Application::default());
-    let (nightly_url, agents_url) = (nightly.start().await, agents.start().await);
-    let sinks = http_sink(
-        "nightly",
-        &nightly_url,
-        "[sinks.filter]\nmetadata = { job_group = \"nightly-eval\" }",
-    ) + &http_sink(
-        "agents",
-        &agents_url,
-        "[sinks.filter]\ntypes = [\"interaction.*\"]",
-    );
-    let app = app_with_sinks(&gemini, sinks).await;
-    let tagged = unique_id();
-    app.post_signed(
-        &tagged,
-        &event("batch.failed", json!({"id": "batches/1", "error_code": 3, "user_metadata": {"job_group": "nightly-eval"}})),
-    )
-    .await;
-    app.post_signed(
-        &unique_id(),
-        &event("batch.failed", json!({"id": "batches/2"})),
-    )
-    .await;
-    let agent = unique_id();
-    app.post_signed(
-        &agent,
-        &event(
-            "interaction.failed",
-            json!({"id": "v1_x", "error_message": "boom"}),
-        ),
-    )
-    .await;
-
-    process(&app).await;
-
-    let nightly_ids: Vec<Value> = nightly
-        .received()
-        .iter()
-        .map(|(_, o)| o["webhook_id"].clone())
-        .collect();
-    let agent_ids: Vec<Value> = agents
-        .received()
-        .iter()
-        .map(|(_, o)| o["webhook_id"].clone())
-        .collect();
-    assert_eq!(nightly_ids, [json!(tagged)]);
-    assert_eq!(agent_ids, [json!(agent)]);
-    assert_eq!(agents.received()[0].1["error"]["message"], "boom");
-}
-
-#[tokio::test]
-#[cfg_attr(
-    not(gemhook_postgres_tests),
-    ignore = "needs Postgres: set GEMHOOK_TEST_DATABASE_URL"
-)]
-async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
-    crate::require_postgres!();
-    let gemini = GeminiStandIn::start().await;
-    let application = Application::default();
-    let url = application.start().await;
-    *application.down.lock().unwrap() = true;
-    let app = app_with_sinks(&gemini, http_sink("app", &url, "")).await;
-    let id = unique_id();
-    app.post_signed(&id, &event("batch.expired", json!({"id": "batches/3"})))
+crate::on_both_backends! {
+    async fn sinks_receive_only_the_outcomes_their_type_and_metadata_filters_match() {
+        let gemini = GeminiStandIn::start().await;
+        let (nightly, agents) = (Application::default(), Application::default());
+        let (nightly_url, agents_url) = (nightly.start().await, agents.start().await);
+        let sinks = http_sink(
+            "nightly",
+            &nightly_url,
+            "[sinks.filter]\nmetadata = { job_group = \"nightly-eval\" }",
+        ) + &http_sink(
+            "agents",
+            &agents_url,
+            "[sinks.filter]\ntypes = [\"interaction.*\"]",
+        );
+        let app = app_with_sinks(&gemini, sinks).await;
+        let tagged = unique_id();
+        app.post_signed(
+            &tagged,
+            &event("batch.failed", json!({"id": "batches/1", "error_code": 3, "user_metadata": {"job_group": "nightly-eval"}})),
+        )
+        .await;
+        app.post_signed(
+            &unique_id(),
+            &event("batch.failed", json!({"id": "batches/2"})),
+        )
+        .await;
+        let agent = unique_id();
+        app.post_signed(
+            &agent,
+            &event(
+                "interaction.failed",
+                json!({"id": "v1_x", "error_message": "boom"}),
+            ),
+        )
         .await;
 
-    process(&app).await;
-    assert!(application.received().is_empty());
-    let state: (String, i32) = sqlx::query_as("SELECT state, attempt FROM deliveries")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(state, ("retryable".into(), 1));
-    // Ingestion is not blocked meanwhile.
-    assert_eq!(
-        app.post_signed(&unique_id(), &batch_succeeded("x"))
+        process(&app).await;
+
+        let nightly_ids: Vec<Value> = nightly
+            .received()
+            .iter()
+            .map(|(_, o)| o["webhook_id"].clone())
+            .collect();
+        let agent_ids: Vec<Value> = agents
+            .received()
+            .iter()
+            .map(|(_, o)| o["webhook_id"].clone())
+            .collect();
+        assert_eq!(nightly_ids, [json!(tagged)]);
+        assert_eq!(agent_ids, [json!(agent)]);
+        assert_eq!(agents.received()[0].1["error"]["message"], "boom");
+    }
+}
+
+crate::on_both_backends! {
+    async fn a_sink_that_is_down_gets_the_outcome_once_it_is_back_and_only_once() {
+        let gemini = GeminiStandIn::start().await;
+        let application = Application::default();
+        let url = application.start().await;
+        *application.down.lock().unwrap() = true;
+        let app = app_with_sinks(&gemini, http_sink("app", &url, "")).await;
+        let id = unique_id();
+        app.post_signed(&id, &event("batch.expired", json!({"id": "batches/3"})))
+            .await;
+
+        process(&app).await;
+        assert!(application.received().is_empty());
+        let state: (String, i32) = sqlx::query_as("SELECT state, attempt FROM deliveries")
+            .fetch_one(&app.pool)
             .await
-            .status(),
-        200
-    );
+            .unwrap();
+        assert_eq!(state, ("retryable".into(), 1));
+        // Ingestion is not blocked meanwhile.
+        assert_eq!(
+            app.post_signed(&unique_id(), &batch_succeeded("x"))
+                .await
+                .status(),
+            200
+        );
 
-    *application.down.lock().unwrap() = false;
-    sqlx::query("UPDATE deliveries SET scheduled_at = now() WHERE state = 'retryable'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    app.dispatcher().run_until_idle().await;
-    app.dispatcher().run_until_idle().await;
+        *application.down.lock().unwrap() = false;
+        app.make_due("deliveries").await;
+        app.dispatcher().run_until_idle().await;
+        app.dispatcher().run_until_idle().await;
 
-    let received = application.received();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].1["webhook_id"], id.as_str());
-    let state: (String, i32) = sqlx::query_as(
-        "SELECT d.state, d.attempt FROM deliveries d JOIN outcomes o ON o.id = d.outcome_id
-         JOIN events e ON e.id = o.event_id WHERE e.webhook_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(state, ("completed".into(), 2));
-
-    // `deliveries show`: what was sent, under which id, and the answer of the failed attempt.
-    let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM deliveries")
+        let received = application.received();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].1["webhook_id"], id.as_str());
+        let state: (String, i32) = sqlx::query_as(
+            "SELECT d.state, d.attempt FROM deliveries d JOIN outcomes o ON o.id = d.outcome_id
+             JOIN events e ON e.id = o.event_id WHERE e.webhook_id = $1",
+        )
+        .bind(&id)
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let shown = crate::process::gemhook_command(&[("GEMHOOK_DATABASE_URL", &app.db.url)])
-        .args(["deliveries", "show", &delivery_id.to_string(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
-    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!(shown["state"], "completed");
-    assert_eq!(shown["delivery_id"], received[0].0.as_str());
-    assert_eq!(shown["outcome"]["webhook_id"], id.as_str());
-    let failed = shown["errors"].as_array().unwrap();
-    assert_eq!(failed.len(), 1);
-    assert!(
-        failed[0]["error"].as_str().unwrap().contains("503"),
-        "{}",
-        failed[0]
-    );
+        assert_eq!(state, ("completed".into(), 2));
+
+        // `deliveries show`: what was sent, under which id, and the answer of the failed attempt.
+        let delivery_id: i64 = sqlx::query_scalar("SELECT id FROM deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let shown = crate::process::gemhook_command(&[("GEMHOOK_DATABASE_URL", &app.db.url)])
+            .args(["deliveries", "show", &delivery_id.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            shown.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["state"], "completed");
+        assert_eq!(shown["delivery_id"], received[0].0.as_str());
+        assert_eq!(shown["outcome"]["webhook_id"], id.as_str());
+        let failed = shown["errors"].as_array().unwrap();
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0]["error"].as_str().unwrap().contains("503"),
+            "{}",
+            failed[0]
+        );
+    }
 }
 
 #[tokio::test]

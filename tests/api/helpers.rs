@@ -297,6 +297,12 @@ pub fn test_settings(db: &TestDatabase, results_dir: &std::path::Path) -> Figmen
         .merge(("webhook_watch_interval_secs", 0))
 }
 
+/// Spawns the app on `backend`, whatever the test's own scope says: for tests that check what
+/// does not depend on the database (signatures, keys, logs) and so need no Postgres to run.
+pub async fn spawn_app_on(backend: Backend, customise: impl FnOnce(Figment) -> Figment) -> TestApp {
+    BACKEND.scope(backend, spawn_app_with(customise)).await
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|figment| figment).await
 }
