@@ -622,7 +622,7 @@ async fn tail_events(
     use std::collections::HashSet;
     // From now: what is already stored is `events list`'s business.
     let mut since = Utc::now();
-    let mut shown: HashSet<String> = HashSet::new();
+    let mut shown: HashSet<crate::store::WebhookId> = HashSet::new();
     let mut printed = 0u64;
     if !json {
         eprintln!("following new events (Ctrl-C to stop)");

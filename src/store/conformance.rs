@@ -861,7 +861,7 @@ mod jobs {
         let retryable = store.list_jobs(&state("retryable"), 10).await.unwrap();
         let limited = store.list_jobs(&JobFilter::default(), 1).await.unwrap();
 
-        let listed: Vec<_> = all.iter().map(|j| JobId(j.id)).collect();
+        let listed: Vec<_> = all.iter().map(|j| j.id).collect();
         assert_eq!(listed, [ids[2], ids[1], ids[0]]);
         assert_eq!(retryable.len(), 1);
         assert_eq!(retryable[0].webhook_id, "msg_1");
@@ -951,7 +951,7 @@ mod jobs {
         };
 
         assert_eq!(typed.len(), 1);
-        assert_eq!(JobId(typed[0].id), other);
+        assert_eq!(typed[0].id, other);
         assert_eq!(store.list_jobs(&recent, 10).await.unwrap().len(), 2);
         assert!(store.list_jobs(&future, 10).await.unwrap().is_empty());
     }

@@ -42,9 +42,16 @@ pub use queue::{QueueState, UnknownState};
 pub use sqlite::file_of as sqlite_file;
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
 #[serde(transparent)]
+#[sqlx(transparent)]
 pub struct WebhookId(pub String);
+
+impl WebhookId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for WebhookId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,9 +59,31 @@ impl fmt::Display for WebhookId {
     }
 }
 
+/// Read as the text it is (`&id`, `id.len()`), so a typed id costs its callers nothing.
+impl std::ops::Deref for WebhookId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for WebhookId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for WebhookId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// A row of the jobs table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
 #[serde(transparent)]
+#[sqlx(transparent)]
 pub struct JobId(pub i64);
 
 impl fmt::Display for JobId {
@@ -140,7 +169,7 @@ pub enum Recorded {
 /// One line of `gemhook events list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     pub resource_id: Option<String>,
@@ -371,7 +400,7 @@ pub struct ClaimedJob {
     pub id: JobId,
     /// 1 for the first attempt; the finish guards compare it.
     pub attempt: i32,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub body: Vec<u8>,
 }
@@ -401,8 +430,8 @@ pub struct StoredResult {
 /// One line of `gemhook jobs list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
-    pub id: i64,
-    pub webhook_id: String,
+    pub id: JobId,
+    pub webhook_id: WebhookId,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     pub state: QueueState,
@@ -522,7 +551,7 @@ pub struct ClaimedDelivery {
     pub id: i64,
     pub attempt: i32,
     pub sink: String,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     /// Bumped when a replay rewrites the outcome; part of the outgoing delivery id.
     pub revision: i32,
     pub outcome: serde_json::Value,
@@ -532,7 +561,7 @@ pub struct ClaimedDelivery {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliverySummary {
     pub id: i64,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub sink: String,
     pub state: QueueState,
     pub attempt: i32,

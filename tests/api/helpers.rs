@@ -370,6 +370,23 @@ impl TestApp {
         .unwrap();
     }
 
+    /// Ends every running lease of `table` (jobs, deliveries) a second ago: the test's stand-in
+    /// for waiting out a lease, on the database's clock, which is the one the store reads.
+    pub async fn expire_leases(&self, table: &str) {
+        let past = match self.db.backend {
+            Backend::Postgres => "now() - interval '1 second'",
+            Backend::Sqlite => {
+                "CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER) - 1000"
+            }
+        };
+        sqlx::query(&format!(
+            "UPDATE {table} SET locked_until = {past} WHERE state = 'running'"
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
     /// (state, attempt, number of errors kept) of the job of an event.
     pub async fn job_of(&self, webhook_id: &str) -> (String, i32, i64) {
         let errors = match self.db.backend {

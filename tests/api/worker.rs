@@ -496,7 +496,7 @@ async fn a_worker_killed_mid_download_leaves_no_partial_result_and_another_finis
         "running",
         "the dead worker still holds the lease"
     );
-    tokio::time::sleep(Duration::from_millis(2200)).await; // the lease expires
+    app.expire_leases("jobs").await;
     app.run_worker_until_idle().await;
 
     let (state, attempt, errors) = app.job_of(&id).await;
