@@ -99,6 +99,13 @@ pub fn downloaded(bytes: u64) {
     metrics::counter!("gemhook_download_bytes_total").increment(bytes);
 }
 
+/// One batch of the ack path's group commit: how many deliveries it held and how many
+/// transactions it took (more than one when a refused row split it, none when it failed).
+pub fn group_commit(rows: usize, commits: u64) {
+    metrics::histogram!("gemhook_group_commit_rows").record(rows as f64);
+    metrics::counter!("gemhook_group_commits_total").increment(commits);
+}
+
 pub fn jwks_fetch(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!("gemhook_jwks_fetches_total", "result" => result).increment(1);

@@ -9,6 +9,7 @@
 //! Postgres and INTEGER milliseconds since the epoch in SQLite (see `sqlite.rs`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::StoreError;
 
@@ -292,20 +294,71 @@ fn from_millis(column: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
 #[derive(Debug, Clone)]
 pub(super) enum Db {
     Postgres(PgPool),
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, WriteGate),
 }
 
-/// A write transaction on either database: `BEGIN` on Postgres, `BEGIN IMMEDIATE` on SQLite.
+/// SQLite lets one connection write at a time; a second writer waits in SQLite's busy handler,
+/// which sleeps (1, 2, 5, 10 … 100 ms) and polls rather than queueing, so a delivery behind a
+/// worker's finish could wait tens of milliseconds for a lock free after one. Within a process
+/// writers queue here instead, in order, and reach SQLite one at a time; the busy handler is
+/// left for other processes on the same file. Reads (WAL) never wait for it.
+#[derive(Debug, Clone)]
+pub(super) struct WriteGate(Arc<Semaphore>);
+
+impl WriteGate {
+    pub(super) fn new() -> WriteGate {
+        WriteGate(Arc::new(Semaphore::new(1)))
+    }
+
+    /// Waits for this process's turn to write, as long as SQLite's busy timeout would have.
+    async fn enter(&self) -> Result<OwnedSemaphorePermit, StoreError> {
+        match tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.0.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a closed one would be a bug, reported as busy.
+            Ok(Err(_)) | Err(_) => Err(StoreError::Deadline(SQLITE_BUSY_TIMEOUT)),
+        }
+    }
+}
+
+/// How long a SQLite writer waits for the file's write lock: in the gate, then in SQLite's
+/// busy handler (`sqlite.rs` sets the same). Write transactions last milliseconds; this only
+/// bites when the file is wedged.
+pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl WriteGate {
+    /// A turn for a statement run outside a transaction, unless it only reads (it starts with
+    /// `SELECT`; anything else, `WITH` included, is taken to write).
+    async fn enter_unless_read(
+        &self,
+        sql: &str,
+    ) -> Result<Option<OwnedSemaphorePermit>, StoreError> {
+        let only_reads = sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|word| word.eq_ignore_ascii_case("SELECT"));
+        if only_reads {
+            Ok(None)
+        } else {
+            self.enter().await.map(Some)
+        }
+    }
+}
+
+/// A write transaction on either database: `BEGIN` on Postgres, `BEGIN IMMEDIATE` on SQLite,
+/// holding this process's turn at the [`WriteGate`] until it ends.
 pub(super) enum Tx {
     Postgres(Transaction<'static, Postgres>),
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Transaction<'static, Sqlite>, OwnedSemaphorePermit),
 }
 
 impl Db {
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with(BEGIN_IMMEDIATE).await?),
+            Db::Sqlite(pool, gate) => {
+                let turn = gate.enter().await?;
+                Tx::Sqlite(pool.begin_with(BEGIN_IMMEDIATE).await?, turn)
+            }
         })
     }
 }
@@ -314,14 +367,14 @@ impl Tx {
     pub(super) fn dialect(&self) -> Dialect {
         match self {
             Tx::Postgres(_) => Dialect::Postgres,
-            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Sqlite(..) => Dialect::Sqlite,
         }
     }
 
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         match self {
             Tx::Postgres(tx) => tx.commit().await?,
-            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Sqlite(tx, _turn) => tx.commit().await?,
         }
         Ok(())
     }
@@ -330,7 +383,7 @@ impl Tx {
     pub(super) async fn rollback(self) -> Result<(), StoreError> {
         match self {
             Tx::Postgres(tx) => tx.rollback().await?,
-            Tx::Sqlite(tx) => tx.rollback().await?,
+            Tx::Sqlite(tx, _turn) => tx.rollback().await?,
         }
         Ok(())
     }
@@ -364,7 +417,7 @@ impl Exec for &Db {
     fn dialect(&self) -> Dialect {
         match self {
             Db::Postgres(_) => Dialect::Postgres,
-            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Sqlite(..) => Dialect::Sqlite,
         }
     }
 
@@ -374,10 +427,13 @@ impl Exec for &Db {
                 .execute(pool)
                 .await?
                 .rows_affected(),
-            Db::Sqlite(pool) => bind_sqlite(sqlx::query(sql), args)
-                .execute(pool)
-                .await?
-                .rows_affected(),
+            Db::Sqlite(pool, gate) => {
+                let _turn = gate.enter_unless_read(sql).await?;
+                bind_sqlite(sqlx::query(sql), args)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
         })
     }
 
@@ -389,12 +445,15 @@ impl Exec for &Db {
                 .into_iter()
                 .map(Row::Postgres)
                 .collect(),
-            Db::Sqlite(pool) => bind_sqlite(sqlx::query(sql), args)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(Row::Sqlite)
-                .collect(),
+            Db::Sqlite(pool, gate) => {
+                let _turn = gate.enter_unless_read(sql).await?;
+                bind_sqlite(sqlx::query(sql), args)
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(Row::Sqlite)
+                    .collect()
+            }
         })
     }
 
@@ -408,10 +467,13 @@ impl Exec for &Db {
                 .fetch_optional(pool)
                 .await?
                 .map(Row::Postgres),
-            Db::Sqlite(pool) => bind_sqlite(sqlx::query(sql), args)
-                .fetch_optional(pool)
-                .await?
-                .map(Row::Sqlite),
+            Db::Sqlite(pool, gate) => {
+                let _turn = gate.enter_unless_read(sql).await?;
+                bind_sqlite(sqlx::query(sql), args)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(Row::Sqlite)
+            }
         })
     }
 }
@@ -427,7 +489,7 @@ impl Exec for &mut Tx {
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
-            Tx::Sqlite(tx) => bind_sqlite(sqlx::query(sql), args)
+            Tx::Sqlite(tx, _) => bind_sqlite(sqlx::query(sql), args)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
@@ -442,7 +504,7 @@ impl Exec for &mut Tx {
                 .into_iter()
                 .map(Row::Postgres)
                 .collect(),
-            Tx::Sqlite(tx) => bind_sqlite(sqlx::query(sql), args)
+            Tx::Sqlite(tx, _) => bind_sqlite(sqlx::query(sql), args)
                 .fetch_all(&mut **tx)
                 .await?
                 .into_iter()
@@ -461,7 +523,7 @@ impl Exec for &mut Tx {
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Postgres),
-            Tx::Sqlite(tx) => bind_sqlite(sqlx::query(sql), args)
+            Tx::Sqlite(tx, _) => bind_sqlite(sqlx::query(sql), args)
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Sqlite),

@@ -1,13 +1,55 @@
-//! Reading and pruning events, written once over the seam (recording them is the ack path's,
-//! in `postgres` and `sqlite`).
+//! Events written once over the seam: the row the ack path inserts, and reading and pruning
+//! them (the ack path's batching is `group_commit`'s).
 
 use super::db::{Arg, Exec, Row};
 use super::queue::opt_state;
 use super::storable::EventFields;
 use super::{EventFilter, EventRecord, EventSummary, NewEvent, PruneScope, Store, StoreError};
 
-/// A verified delivery's event, as both backends' ack paths insert it (`$1`..`$9`, see
-/// [`insert_args`]); a duplicate `webhook-id` inserts nothing and returns no id.
+/// A verified delivery's event as it is stored: [`NewEvent`] made storable and owned, so that it
+/// can cross to the group-commit writer. The body is shared with the request (`Bytes`), not
+/// copied.
+pub(super) struct EventRow {
+    pub webhook_id: String,
+    pub webhook_timestamp: i64,
+    pub fields: EventFields,
+    pub status: &'static str,
+    pub scheme: &'static str,
+    pub headers: serde_json::Value,
+    pub body: bytes::Bytes,
+}
+
+impl EventRow {
+    pub fn from(event: &NewEvent<'_>) -> EventRow {
+        EventRow {
+            webhook_id: event.webhook_id.to_owned(),
+            webhook_timestamp: event.webhook_timestamp,
+            fields: event.storable_fields(),
+            status: event.envelope.status.as_str(),
+            scheme: event.scheme.as_str(),
+            headers: event.headers.clone(),
+            body: event.body.clone(),
+        }
+    }
+
+    /// The parameters of [`INSERT_EVENT`], in order.
+    pub fn insert_args(&self) -> [Arg<'_>; 9] {
+        [
+            Arg::Text(&self.webhook_id),
+            Arg::Int(self.webhook_timestamp),
+            Arg::OptText(self.fields.event_type.as_deref()),
+            Arg::OptText(self.fields.resource_id.as_deref()),
+            Arg::Text(self.status),
+            Arg::Text(self.scheme),
+            Arg::Json(&self.headers),
+            Arg::Bytes(self.body.as_ref()),
+            Arg::OptText(self.fields.altered.as_deref()),
+        ]
+    }
+}
+
+/// The event (`$1`..`$9`, see [`EventRow::insert_args`]); a duplicate `webhook-id` inserts
+/// nothing and returns no id.
 pub(super) const INSERT_EVENT: &str = "INSERT INTO events
         (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body,
          altered)
@@ -15,18 +57,23 @@ pub(super) const INSERT_EVENT: &str = "INSERT INTO events
     ON CONFLICT (webhook_id) DO NOTHING
     RETURNING id";
 
-pub(super) fn insert_args<'a>(event: &'a NewEvent<'_>, fields: &'a EventFields) -> [Arg<'a>; 9] {
-    [
-        Arg::Text(event.webhook_id),
-        Arg::Int(event.webhook_timestamp),
-        Arg::OptText(fields.event_type.as_deref()),
-        Arg::OptText(fields.resource_id.as_deref()),
-        Arg::Text(event.envelope.status.as_str()),
-        Arg::Text(event.scheme.as_str()),
-        Arg::Json(event.headers),
-        Arg::Bytes(event.body.as_ref()),
-        Arg::OptText(fields.altered.as_deref()),
-    ]
+/// The event and its job, inside the caller's transaction: the job id, or `None` for a
+/// duplicate (which writes nothing). SQLite's ack path, one row at a time within a batch.
+pub(super) async fn insert_with_job(
+    mut tx: impl Exec,
+    row: &EventRow,
+) -> Result<Option<i64>, StoreError> {
+    let Some(inserted) = tx.fetch_optional(INSERT_EVENT, &row.insert_args()).await? else {
+        return Ok(None);
+    };
+    let event_id: i64 = inserted.get("id")?;
+    let job = tx
+        .fetch_optional(
+            "INSERT INTO jobs (event_id) VALUES ($1) RETURNING id",
+            &[Arg::Int(event_id)],
+        )
+        .await?;
+    job.map(|row| row.get("id")).transpose()
 }
 
 /// What a list shows of an event (never its body: a list of large bodies would be slow).

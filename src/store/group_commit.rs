@@ -1,58 +1,34 @@
-//! Group commit for the ack path: concurrent deliveries share one transaction.
+//! Group commit for the ack path, on both backends: concurrent deliveries share one transaction.
 //!
 //! A commit costs an fsync; one per request caps ingest at the disk's commit rate (about 3,400
 //! two-insert transactions per second here), while rows sharing a commit go ten times further.
-//! Writers take whatever deliveries are waiting (up to `max_batch`), insert them with one
-//! multi-row statement, and only after the commit answer each request: the 200 still never
-//! leaves before its event and job are durable. There is no timer: under light load a batch is
-//! one delivery and costs what a single insert costs; under load, deliveries arriving while a
-//! writer commits form the next batch.
+//! Writers take whatever deliveries are waiting (up to `max_batch`), insert them in one
+//! transaction (Postgres: one multi-row statement; SQLite: one `BEGIN IMMEDIATE` with a prepared
+//! insert per row, which costs microseconds in-process), and only after the commit answer each
+//! request: the 200 still never leaves before its event and job are durable. There is no timer:
+//! under light load a batch is one delivery and costs what a single insert costs; under load,
+//! deliveries arriving while a writer commits form the next batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
+use super::db::Db;
+use super::events::{self, EventRow};
 use super::postgres::JOBS_CHANNEL;
-use super::storable::EventFields;
 use super::{JobId, NewEvent, Recorded, StoreError};
 
 /// A delivery waiting for its batch, with the way to answer it.
 struct Pending {
-    event: OwnedEvent,
+    event: EventRow,
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
 }
 
-/// [`NewEvent`] with owned data, as stored: it crosses to a writer task. The body is shared
-/// with the request (`Bytes`), not copied.
-struct OwnedEvent {
-    webhook_id: String,
-    webhook_timestamp: i64,
-    fields: EventFields,
-    status: &'static str,
-    scheme: &'static str,
-    headers: String,
-    body: Bytes,
-}
-
-impl OwnedEvent {
-    fn from(event: &NewEvent<'_>) -> OwnedEvent {
-        OwnedEvent {
-            webhook_id: event.webhook_id.to_owned(),
-            webhook_timestamp: event.webhook_timestamp,
-            fields: event.storable_fields(),
-            status: event.envelope.status.as_str(),
-            scheme: event.scheme.as_str(),
-            headers: event.headers.to_string(),
-            body: event.body.clone(),
-        }
-    }
-}
-
-/// How writers form and bound their batches.
+/// How writers form and bound their batches. The default is `serve`'s (`config/default.toml`).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     /// Deliveries per transaction at most.
@@ -65,10 +41,22 @@ pub struct BatchLimits {
     pub deadline: Duration,
 }
 
+impl Default for BatchLimits {
+    fn default() -> BatchLimits {
+        BatchLimits {
+            max_rows: 256,
+            max_bytes: 4 << 20,
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The handle the store keeps: a queue that writer tasks drain.
 #[derive(Debug)]
 pub struct GroupWriter {
     queue: mpsc::Sender<Pending>,
+    /// Transactions committed so far; deliveries divided by it is the mean batch.
+    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -83,7 +71,7 @@ impl GroupWriter {
     /// Starts `writers` tasks, each holding at most one pooled connection at a time. One writer
     /// makes the largest batches (the fewest fsyncs); several can overlap commits where the
     /// database has the disks for it.
-    pub fn start(pool: PgPool, wakeups: Arc<Notify>, writers: usize, limits: BatchLimits) -> Self {
+    pub fn start(db: Db, wakeups: Arc<Notify>, writers: usize, limits: BatchLimits) -> Self {
         let limits = BatchLimits {
             max_rows: limits.max_rows.max(1),
             ..limits
@@ -95,22 +83,29 @@ impl GroupWriter {
             receiver,
             carried: None,
         }));
+        let commits = Arc::new(AtomicU64::new(0));
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(
-                pool.clone(),
+                db.clone(),
                 receiver.clone(),
                 wakeups.clone(),
                 limits,
+                commits.clone(),
             ));
         }
-        GroupWriter { queue }
+        GroupWriter { queue, commits }
+    }
+
+    /// How many transactions the writers have committed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Queues the delivery and waits for its batch's commit.
     pub async fn record(&self, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            event: OwnedEvent::from(event),
+            event: EventRow::from(event),
             reply,
         };
         self.queue
@@ -154,10 +149,11 @@ impl Batcher {
 }
 
 async fn write_batches(
-    pool: PgPool,
+    db: Db,
     batcher: Arc<Mutex<Batcher>>,
     wakeups: Arc<Notify>,
     limits: BatchLimits,
+    commits: Arc<AtomicU64>,
 ) {
     loop {
         // One writer at a time gathers a batch; the others are committing meanwhile.
@@ -165,7 +161,9 @@ async fn write_batches(
             return; // every store handle is gone
         };
         let mut answers = Vec::with_capacity(batch.len());
-        write_isolating(&pool, &batch, limits.deadline, &mut answers).await;
+        let committed = write_isolating(&db, &batch, limits.deadline, &mut answers).await;
+        commits.fetch_add(committed, Ordering::Relaxed);
+        crate::observe::group_commit(batch.len(), committed);
         if answers
             .iter()
             .any(|a| matches!(a, Ok(Recorded::Accepted { .. })))
@@ -184,18 +182,19 @@ async fn write_batches(
 /// delivery that is refused. Failures of the connection or the deadline fail the whole batch:
 /// the database is unavailable to every row alike.
 async fn write_isolating(
-    pool: &PgPool,
+    db: &Db,
     batch: &[Pending],
     deadline: Duration,
     answers: &mut Vec<Result<Recorded, StoreError>>,
-) {
+) -> u64 {
     // Ranges still to write, in order (a stack: the left half is written first).
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..batch.len());
     let mut transient_retries = 0;
+    let mut committed = 0;
     while let Some(range) = todo.pop() {
         let part = &batch[range.clone()];
-        match tokio::time::timeout(deadline, insert_batch(pool, part)).await {
+        match tokio::time::timeout(deadline, insert_batch(db, part)).await {
             // A deadlock or serialization failure says nothing about the rows: the same
             // statement can succeed at once. Bounded, so a pathological case still ends in 503.
             Ok(Err(sqlx::Error::Database(refused)))
@@ -206,6 +205,7 @@ async fn write_isolating(
                 todo.push(range);
             }
             Ok(Ok(mut accepted)) => {
+                committed += 1;
                 for pending in part {
                     // `remove`: when one batch holds two copies of an id, the first is the
                     // accepted one and the second a duplicate, as if they had come in order.
@@ -236,17 +236,53 @@ async fn write_isolating(
             }
         }
     }
+    committed
 }
 
-/// SQLSTATEs after which the same statement may simply be run again: serialization_failure
-/// and deadlock_detected.
+/// Codes after which the same statement may simply be run again: Postgres' serialization_failure
+/// and deadlock_detected; SQLite's BUSY and LOCKED (another process held the file's write lock
+/// past the busy timeout).
 fn is_transient(code: Option<&str>) -> bool {
-    matches!(code, Some("40001" | "40P01"))
+    matches!(code, Some("40001" | "40P01" | "5" | "6"))
 }
 
-/// One statement for the whole batch: events (skipping known ids), their jobs, one wake-up.
-/// Returns the webhook ids that were new, with their job ids.
-async fn insert_batch(
+/// The whole batch in one transaction; the webhook ids that were new, with their job ids.
+async fn insert_batch(db: &Db, batch: &[Pending]) -> Result<HashMap<String, i64>, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => insert_batch_postgres(pool, batch).await,
+        Db::Sqlite(..) => insert_batch_sqlite(db, batch).await.map_err(into_sqlx),
+    }
+}
+
+/// SQLite: one `BEGIN IMMEDIATE`, one insert of the event and its job per row (the statements
+/// are prepared once per connection and cached), one commit. A second copy of an id in the same
+/// batch sees the first one's row and inserts nothing, as if it had come after it.
+async fn insert_batch_sqlite(
+    db: &Db,
+    batch: &[Pending],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut tx = db.begin().await?;
+    let mut accepted = HashMap::with_capacity(batch.len());
+    for Pending { event, .. } in batch {
+        if let Some(job_id) = events::insert_with_job(&mut tx, event).await? {
+            accepted.insert(event.webhook_id.clone(), job_id);
+        }
+    }
+    tx.commit().await?;
+    Ok(accepted)
+}
+
+/// The isolation above reads the database's own refusal; the seam's error carries it.
+fn into_sqlx(error: StoreError) -> sqlx::Error {
+    match error {
+        StoreError::Database(error) => error,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Postgres: one statement for the whole batch: events (skipping known ids), their jobs, one
+/// wake-up.
+async fn insert_batch_postgres(
     pool: &PgPool,
     batch: &[Pending],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
@@ -267,7 +303,7 @@ async fn insert_batch(
         altered.push(event.fields.altered.as_deref());
         statuses.push(event.status);
         schemes.push(event.scheme);
-        headers.push(event.headers.as_str());
+        headers.push(event.headers.to_string());
         bodies.push(event.body.as_ref());
     }
     // Rows are inserted in `webhook_id` order, the same order in every batch of every

@@ -38,6 +38,7 @@ use db::{Db, Exec as _};
 
 pub use db::Dialect;
 pub use group_commit::BatchLimits;
+use group_commit::GroupWriter;
 pub use queue::{QueueState, UnknownState};
 pub use sqlite::file_of as sqlite_file;
 
@@ -256,7 +257,7 @@ struct Wakeups {
 #[derive(Debug, Clone)]
 enum Backend {
     Postgres(postgres::Postgres),
-    Sqlite,
+    Sqlite(sqlite::Sqlite),
 }
 
 impl QueueStats {
@@ -281,8 +282,8 @@ impl Store {
             (Db::Postgres(pool), Backend::Postgres(parts))
         } else if url.starts_with("sqlite:") {
             (
-                Db::Sqlite(sqlite::connect_lazy(url, options)?),
-                Backend::Sqlite,
+                Db::Sqlite(sqlite::connect_lazy(url, options)?, db::WriteGate::new()),
+                Backend::Sqlite(sqlite::Sqlite::default()),
             )
         } else {
             return Err(StoreError::UnsupportedUrl);
@@ -299,14 +300,28 @@ impl Store {
     }
 
     /// Routes `record_delivery` through a group-commit writer (see `group_commit`): `writers`
-    /// tasks, batches within `limits`. `writers = 0` keeps one statement per delivery. SQLite
-    /// ignores it: its writes are serialised anyway, and each delivery is one short
-    /// transaction.
+    /// tasks, batches within `limits`. On Postgres `writers = 0` keeps one statement per
+    /// delivery. SQLite always commits in groups, with one writer whatever `writers` says: the
+    /// file has one write lock, and a second writer would only wait for it.
     pub fn with_group_commit(mut self, writers: usize, limits: BatchLimits) -> Store {
-        if let (Backend::Postgres(parts), Db::Postgres(pool)) = (&mut self.backend, &self.db) {
-            parts.start_group_commit(pool, &self.wakeups.jobs, writers, limits);
+        match &mut self.backend {
+            Backend::Postgres(parts) => {
+                parts.start_group_commit(&self.db, &self.wakeups.jobs, writers, limits)
+            }
+            Backend::Sqlite(parts) => *parts = sqlite::Sqlite::with_limits(limits),
         }
         self
+    }
+
+    /// How many transactions the ack path's group-commit writer has committed in this process,
+    /// `None` while there is none (Postgres with `group_commit_writers = 0`, or SQLite before
+    /// its first delivery).
+    pub fn group_commits(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Postgres(parts) => parts.writer(),
+            Backend::Sqlite(parts) => parts.started_writer(),
+        }
+        .map(GroupWriter::commits)
     }
 
     /// Connects once, directly, with the pool's options: the pool reports only "timed out"
@@ -314,22 +329,24 @@ impl Store {
     pub async fn check_connection(&self) -> Result<(), StoreError> {
         match &self.db {
             Db::Postgres(pool) => postgres::check_connection(pool).await,
-            Db::Sqlite(_) => Ok(()),
+            Db::Sqlite(..) => Ok(()),
         }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.db {
             Db::Postgres(pool) => postgres::migrate(pool).await,
-            Db::Sqlite(pool) => sqlite::migrate(pool).await,
+            Db::Sqlite(pool, _) => sqlite::migrate(pool).await,
         }
     }
 
     pub async fn readiness(&self) -> Readiness {
         match (&self.db, &self.backend) {
             (Db::Postgres(pool), Backend::Postgres(parts)) => parts.readiness(pool).await,
-            (Db::Sqlite(pool), _) => sqlite::readiness(pool).await,
-            (Db::Postgres(_), Backend::Sqlite) => unreachable!("a Postgres pool has its parts"),
+            (Db::Sqlite(pool, _), _) => sqlite::readiness(pool).await,
+            (Db::Postgres(_), Backend::Sqlite(_)) => {
+                unreachable!("a Postgres pool has its parts")
+            }
         }
     }
 
@@ -340,8 +357,15 @@ impl Store {
             (Db::Postgres(_), Backend::Postgres(parts)) => {
                 parts.record_delivery(&self.db, event).await
             }
-            (Db::Sqlite(_), _) => sqlite::record_delivery(&self.db, event).await,
-            (Db::Postgres(_), Backend::Sqlite) => unreachable!("a Postgres pool has its parts"),
+            (Db::Sqlite(..), Backend::Sqlite(parts)) => {
+                parts
+                    .writer(&self.db, &self.wakeups.jobs)
+                    .record(event)
+                    .await
+            }
+            (Db::Postgres(_), Backend::Sqlite(_)) | (Db::Sqlite(..), Backend::Postgres(_)) => {
+                unreachable!("a pool has its own backend's parts")
+            }
         };
         if let Ok(Recorded::Accepted { .. }) = recorded {
             // A worker in this process starts at once, without the NOTIFY round trip.
@@ -379,7 +403,7 @@ impl Store {
         }
         match &self.db {
             Db::Postgres(pool) => pool.close().await,
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(pool, _) => pool.close().await,
         }
     }
 

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
 use super::db::{Arg, Db, Exec as _};
-use super::events::{INSERT_EVENT, insert_args};
+use super::events::{EventRow, INSERT_EVENT};
 use super::group_commit::{BatchLimits, GroupWriter};
 use super::pg_read_only::{READ_ONLY_QUERY, ReadOnlyWatch};
 use super::queue::{DELIVERIES, JOBS};
@@ -105,19 +105,23 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 impl Postgres {
     pub(super) fn start_group_commit(
         &mut self,
-        pool: &PgPool,
+        db: &Db,
         wakeups: &Arc<Notify>,
         writers: usize,
         limits: BatchLimits,
     ) {
         self.writer = (writers > 0).then(|| {
             Arc::new(GroupWriter::start(
-                pool.clone(),
+                db.clone(),
                 wakeups.clone(),
                 writers,
                 limits,
             ))
         });
+    }
+
+    pub(super) fn writer(&self) -> Option<&GroupWriter> {
+        self.writer.as_deref()
     }
 
     pub(super) async fn readiness(&self, pool: &PgPool) -> Readiness {
@@ -205,14 +209,14 @@ impl Postgres {
 
 /// One delivery, one statement: the event, its job and the `NOTIFY`.
 async fn record_one(mut db: &Db, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
-    let fields = event.storable_fields();
+    let row = EventRow::from(event);
     let sql = format!(
         "WITH new_event AS ({INSERT_EVENT}), new_job AS (
              INSERT INTO jobs (event_id) SELECT id FROM new_event RETURNING id
          )
          SELECT id, pg_notify($10, '') FROM new_job"
     );
-    let mut args = insert_args(event, &fields).to_vec();
+    let mut args = row.insert_args().to_vec();
     args.push(Arg::Text(JOBS_CHANNEL));
     Ok(match db.fetch_optional(&sql, &args).await? {
         Some(row) => Recorded::Accepted {

@@ -14,6 +14,7 @@
 //!   `now + lease` are integer arithmetic, and reads turn them into `DateTime<Utc>`.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions as _;
@@ -21,16 +22,13 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio::sync::Notify;
 
-use super::db::{Arg, BEGIN_IMMEDIATE, Db, Exec as _};
-use super::events::{INSERT_EVENT, insert_args};
-use super::{ConnectOptions, JobId, NewEvent, Readiness, Recorded, StoreError};
+use super::db::{BEGIN_IMMEDIATE, Db, SQLITE_BUSY_TIMEOUT};
+use super::group_commit::{BatchLimits, GroupWriter};
+use super::{ConnectOptions, Readiness, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// How long a statement waits for another connection's (or process's) write lock before it
-/// fails. Write transactions here last milliseconds; this only bites when the file is wedged.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts `sqlite://path`, `sqlite:path` and `sqlite:///absolute/path`. Creates the parent
 /// folder now and the file on first connection; nothing else happens until the first
@@ -47,7 +45,7 @@ pub(super) fn connect_lazy(url: &str, options: &ConnectOptions) -> Result<Sqlite
         // them would be a lie (it will not send the delivery again). FULL syncs the WAL on
         // every commit, so "committed" means "on disk" before we answer.
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true)
         .log_statements(tracing::log::LevelFilter::Trace);
     let file = connect.get_filename();
@@ -140,36 +138,33 @@ pub(super) async fn readiness(pool: &SqlitePool) -> Readiness {
     super::readiness_from(&MIGRATOR, applied, true)
 }
 
-/// The event and its job in one `BEGIN IMMEDIATE` transaction: they commit together or not
-/// at all. Concurrent copies of one delivery queue for the write lock; the first inserts,
-/// the others then see its committed row, `ON CONFLICT DO NOTHING` returns no id, and they
-/// write nothing, so 20 simultaneous copies give one event and one job.
-pub(super) async fn record_delivery(db: &Db, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
-    let fields = event.storable_fields();
-    let mut tx = db.begin().await?;
-    let inserted = (&mut tx)
-        .fetch_optional(INSERT_EVENT, &insert_args(event, &fields))
-        .await?;
-    let Some(inserted) = inserted else {
-        // Nothing was written; end the transaction now rather than on drop.
-        tx.rollback().await?;
-        return Ok(Recorded::Duplicate);
-    };
-    let event_id: i64 = inserted.get("id")?;
-    let job = (&mut tx)
-        .fetch_optional(
-            "INSERT INTO jobs (event_id) VALUES ($1) RETURNING id",
-            &[Arg::Int(event_id)],
-        )
-        .await?;
-    let job_id: i64 = job
-        .map(|row| row.get("id"))
-        .transpose()?
-        .unwrap_or_default();
-    tx.commit().await?;
-    Ok(Recorded::Accepted {
-        job_id: JobId(job_id),
-    })
+/// SQLite's ack path: every delivery goes through one group-commit writer (see
+/// `group_commit`), started at the first delivery (a store opened by the CLI never starts
+/// one). Concurrent deliveries share a `BEGIN IMMEDIATE` transaction and its fsync; copies of
+/// one delivery give one event and one job, the others `ON CONFLICT DO NOTHING`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sqlite {
+    writer: Arc<OnceLock<GroupWriter>>,
+    limits: BatchLimits,
+}
+
+impl Sqlite {
+    pub(super) fn with_limits(limits: BatchLimits) -> Sqlite {
+        Sqlite {
+            writer: Arc::default(),
+            limits,
+        }
+    }
+
+    /// The writer, once the first delivery has started it.
+    pub(super) fn started_writer(&self) -> Option<&GroupWriter> {
+        self.writer.get()
+    }
+
+    pub(super) fn writer(&self, db: &Db, wakeups: &Arc<Notify>) -> &GroupWriter {
+        self.writer
+            .get_or_init(|| GroupWriter::start(db.clone(), wakeups.clone(), 1, self.limits))
+    }
 }
 
 /// WAL: readers (the CLI, list endpoints) never block the writer, nor it them; the mode is
@@ -178,7 +173,7 @@ pub(super) async fn record_delivery(db: &Db, event: &NewEvent<'_>) -> Result<Rec
 /// answers `SQLITE_BUSY` at once, without the busy timeout, so two processes (or two pool
 /// connections) opening a new file together would fail to connect. Retried here instead.
 async fn use_wal(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     loop {
         let mode = sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
             .fetch_one(&mut *conn)
@@ -318,21 +313,33 @@ mod tests {
         assert!(matches!(empty, Err(StoreError::InvalidUrl(_))));
     }
 
-    #[tokio::test]
-    async fn group_commit_settings_are_ignored() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_of_256_simultaneous_deliveries_shares_a_few_commits_on_one_writer() {
         let db = sqlite().await;
-        let store = db.store().await.with_group_commit(
-            4,
-            crate::store::BatchLimits {
-                max_rows: 64,
-                max_bytes: 1 << 20,
-                deadline: Duration::from_secs(5),
-            },
+        // Four writers asked for: SQLite keeps one, since the file has one write lock.
+        let store = db
+            .store()
+            .await
+            .with_group_commit(4, crate::store::BatchLimits::default());
+        let ids: Vec<String> = (0..256).map(|n| format!("msg_burst_{n}")).collect();
+
+        let recorded = futures::future::join_all(ids.iter().map(|id| record(&store, id))).await;
+
+        assert!(
+            recorded
+                .into_iter()
+                .all(|r| matches!(r, Recorded::Accepted { .. }))
         );
-
-        accepted(record(&store, "msg_1").await);
-
-        assert_eq!(record(&store, "msg_1").await, Recorded::Duplicate);
+        assert_eq!(
+            store.test_count("SELECT count(*) AS n FROM jobs").await,
+            256
+        );
+        let commits = store.group_commits().unwrap();
+        assert!(
+            (1..64).contains(&commits),
+            "256 deliveries took {commits} commits: they should share transactions"
+        );
+        assert_eq!(record(&store, "msg_burst_7").await, Recorded::Duplicate);
     }
 
     const CLAIMER_URL: &str = "GEMHOOK_TEST_SQLITE_CLAIMER_URL";

@@ -248,7 +248,7 @@ impl Store {
     /// The SQLite pool, for PRAGMAs and the migrations table.
     pub fn test_sqlite_pool(&self) -> &sqlx::SqlitePool {
         match &self.db {
-            super::db::Db::Sqlite(pool) => pool,
+            super::db::Db::Sqlite(pool, _) => pool,
             super::db::Db::Postgres(_) => panic!("not a SQLite store"),
         }
     }
