@@ -397,6 +397,49 @@ mod jobs {
         );
     }
 
+    async fn finishes_at_the_same_moment_share_a_commit_and_each_stays_guarded(db: TestDb) {
+        let store = db.store().await;
+        for n in 0..40 {
+            accepted(record(&store, &format!("msg_{n}")).await);
+        }
+        let jobs = store.claim_jobs("w1", LEASE, 40).await.unwrap();
+        assert_eq!(jobs.len(), 40);
+        // The last one is no longer this attempt's (as after a rescue and a new claim).
+        let mut stale = jobs[39].clone();
+        stale.attempt += 1;
+        let (outcome, error) = (stored("b"), "HTTP 500 from Gemini");
+
+        let finished = futures::future::join_all(jobs[..39].iter().enumerate().map(|(n, job)| {
+            let store = &store;
+            let outcome = &outcome;
+            async move {
+                match n % 3 {
+                    0 => store.complete_if_running(job, outcome, None).await,
+                    1 => store.retry_if_running(job, error, Duration::ZERO).await,
+                    _ => store.discard_if_running(job, error, None, None).await,
+                }
+            }
+        }))
+        .await;
+        let late = store.complete_if_running(&stale, &outcome, None).await;
+
+        assert!(finished.into_iter().all(|f| f.unwrap()));
+        let shared = store.finish_commits();
+        assert!(shared < 39, "39 finishes at once took {shared} commits");
+        assert!(!late.unwrap(), "a finish of another attempt changes nothing");
+        let counts = store.queue_stats().await.unwrap().by_state;
+        let count = |state: &str| {
+            counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        };
+        assert_eq!(
+            (count("completed"), count("retryable"), count("discarded"), count("running")),
+            (13, 13, 13, 1)
+        );
+    }
+
     async fn a_retry_keeps_the_error_and_waits_for_its_delay(db: TestDb) {
         let store = db.store().await;
         let id = accepted(record(&store, "msg_1").await);
@@ -1032,6 +1075,7 @@ mod jobs {
     on_both_backends!(
         a_claim_takes_runnable_jobs_in_order_with_their_event,
         a_completed_job_keeps_its_result_and_cannot_be_completed_twice,
+        finishes_at_the_same_moment_share_a_commit_and_each_stays_guarded,
         a_retry_keeps_the_error_and_waits_for_its_delay,
         a_retry_without_delay_is_claimed_again_as_the_next_attempt,
         a_discarded_job_is_dead_lettered_with_its_final_error_and_result,

@@ -79,10 +79,7 @@ impl GroupWriter {
         // Bounded: when the database falls behind, requests wait here (back-pressure) instead
         // of piling up in memory.
         let (queue, receiver) = mpsc::channel(limits.max_rows * writers.max(1) * 4);
-        let receiver = Arc::new(Mutex::new(Batcher {
-            receiver,
-            carried: None,
-        }));
+        let receiver = Arc::new(Mutex::new(Batcher::new(receiver)));
         let commits = Arc::new(AtomicU64::new(0));
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(
@@ -116,32 +113,52 @@ impl GroupWriter {
     }
 }
 
-/// The queue's receiving end, shared by the writers, with the delivery that did not fit the
-/// previous batch (it opens the next one).
-struct Batcher {
-    receiver: mpsc::Receiver<Pending>,
-    carried: Option<Pending>,
+/// What a batch's byte limit counts of an item.
+pub(super) trait Weighed {
+    fn bytes(&self) -> usize;
 }
 
-impl Batcher {
-    /// Waits for one delivery, then takes what else is waiting, within the limits.
-    async fn next_batch(&mut self, limits: &BatchLimits) -> Option<Vec<Pending>> {
+impl Weighed for Pending {
+    fn bytes(&self) -> usize {
+        self.event.body.len()
+    }
+}
+
+/// A queue's receiving end, shared by its writers, with the item that did not fit the previous
+/// batch (it opens the next one). The ack path's deliveries and the workers' finishes
+/// (`finish_group`) are batched alike.
+pub(super) struct Batcher<T> {
+    receiver: mpsc::Receiver<T>,
+    carried: Option<T>,
+}
+
+impl<T: Weighed> Batcher<T> {
+    pub(super) fn new(receiver: mpsc::Receiver<T>) -> Batcher<T> {
+        Batcher {
+            receiver,
+            carried: None,
+        }
+    }
+
+    /// Waits for one item, then takes what else is waiting, within the limits; `None` once
+    /// every sender is gone.
+    pub(super) async fn next_batch(&mut self, limits: &BatchLimits) -> Option<Vec<T>> {
         let first = match self.carried.take() {
             Some(first) => first,
             None => self.receiver.recv().await?,
         };
-        let mut bytes = first.event.body.len();
+        let mut bytes = first.bytes();
         let mut batch = Vec::with_capacity(limits.max_rows);
         batch.push(first);
         while batch.len() < limits.max_rows {
             let Ok(next) = self.receiver.try_recv() else {
                 break;
             };
-            if bytes + next.event.body.len() > limits.max_bytes {
+            if bytes + next.bytes() > limits.max_bytes {
                 self.carried = Some(next);
                 break;
             }
-            bytes += next.event.body.len();
+            bytes += next.bytes();
             batch.push(next);
         }
         Some(batch)
@@ -150,7 +167,7 @@ impl Batcher {
 
 async fn write_batches(
     db: Db,
-    batcher: Arc<Mutex<Batcher>>,
+    batcher: Arc<Mutex<Batcher<Pending>>>,
     wakeups: Arc<Notify>,
     limits: BatchLimits,
     commits: Arc<AtomicU64>,

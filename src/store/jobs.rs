@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::db::{Arg, Exec, Row, Tx};
-use super::deliveries::queue_handoff;
+use super::finish_group::{Ending, JobFinish};
 use super::queue::{self, Finish, JOBS, RequeuedOne, state};
 use super::{
     ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
@@ -51,7 +51,7 @@ impl Store {
         result: &JobResult,
         handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
-        self.finish_job(job, Finish::Completed, Some(result), handoff)
+        self.finish_job(job, Ending::Completed, Some(result), handoff)
             .await
     }
 
@@ -62,12 +62,9 @@ impl Store {
         error: &str,
         delay: Duration,
     ) -> Result<bool, StoreError> {
-        let error = storable::unindexed_text(error);
-        let how = Finish::Retry {
-            error: &error,
-            delay,
-        };
-        queue::finish(&self.db, &JOBS, (job.id.0, job.attempt), how).await
+        let error = storable::unindexed_text(error).into_owned();
+        self.finish_job(job, Ending::Retry { error, delay }, None, None)
+            .await
     }
 
     /// Dead-letters the job with its final error (and a result, when there is one to keep).
@@ -78,9 +75,9 @@ impl Store {
         result: Option<&JobResult>,
         handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
-        let error = storable::unindexed_text(error);
-        let how = Finish::Discard { error: &error };
-        self.finish_job(job, how, result, handoff).await
+        let error = storable::unindexed_text(error).into_owned();
+        self.finish_job(job, Ending::Discard { error }, result, handoff)
+            .await
     }
 
     /// Gives a running job back (shutdown): available at once, the attempt not counted.
@@ -94,35 +91,22 @@ impl Store {
         Ok(released)
     }
 
-    /// The guarded finish, the result and the hand-off in one transaction: a job is never
-    /// finished without its hand-off queued, nor its hand-off queued twice.
+    /// The guarded finish, the result and the hand-off in one transaction, shared with other
+    /// jobs finishing at the same moment (see `finish_group`).
     async fn finish_job(
         &self,
         job: &ClaimedJob,
-        how: Finish<'_>,
+        ending: Ending,
         result: Option<&JobResult>,
         handoff: Option<&Handoff>,
     ) -> Result<bool, StoreError> {
-        let result = result.map(storable_result);
-        let handoff = handoff.map(storable_handoff);
-        let mut tx = self.db.begin().await?;
-        if !queue::finish(&mut tx, &JOBS, (job.id.0, job.attempt), how).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if let Some(result) = &result {
-            upsert_result(&mut tx, job.id, result).await?;
-        }
-        let handed_off = match &handoff {
-            Some(handoff) => queue_handoff(&mut tx, job.id, handoff).await?,
-            None => false,
+        let finish = JobFinish {
+            job: (job.id, job.attempt),
+            ending,
+            result: result.map(|r| storable_result(r).into_owned()),
+            handoff: handoff.map(|h| storable_handoff(h).into_owned()),
         };
-        tx.commit().await?;
-        // Only after the commit: before it the dispatchers would find nothing.
-        if handed_off {
-            self.wakeups.deliveries.notify_one();
-        }
-        Ok(true)
+        self.finisher().finish(finish).await
     }
 
     /// Running jobs whose lease expired (their worker died) become retryable, or discarded when
@@ -287,7 +271,7 @@ fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
 }
 
 /// One result per job: a replay's new result replaces the old.
-async fn upsert_result(tx: &mut Tx, job: JobId, result: &JobResult) -> Result<(), StoreError> {
+pub(super) async fn upsert_result(tx: &mut Tx, job: JobId, result: &JobResult) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO results
              (job_id, resource_kind, resource_id, outcome, location, size_bytes, sha256, summary)

@@ -13,6 +13,7 @@ mod conformance;
 mod db;
 mod deliveries;
 mod events;
+mod finish_group;
 mod group_commit;
 mod jobs;
 mod pg_read_only;
@@ -25,7 +26,7 @@ mod testing;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -244,6 +245,8 @@ pub struct Store {
     db: Db,
     wakeups: Wakeups,
     backend: Backend,
+    /// The workers' shared finishes, started by the first one (see `finish_group`).
+    finishes: Arc<OnceLock<finish_group::FinishWriter>>,
 }
 
 /// In-process wake-ups: a worker or dispatcher of this process starts at once when this
@@ -292,11 +295,26 @@ impl Store {
             db,
             wakeups: Wakeups::default(),
             backend,
+            finishes: Arc::default(),
         })
     }
 
     pub fn dialect(&self) -> Dialect {
         (&self.db).dialect()
+    }
+
+    /// How many transactions the workers' shared finishes have committed in this process (0
+    /// before the first finish); finishes divided by it is their mean batch.
+    pub fn finish_commits(&self) -> u64 {
+        self.finishes
+            .get()
+            .map_or(0, finish_group::FinishWriter::commits)
+    }
+
+    fn finisher(&self) -> &finish_group::FinishWriter {
+        self.finishes.get_or_init(|| {
+            finish_group::FinishWriter::start(self.db.clone(), self.wakeups.deliveries.clone())
+        })
     }
 
     /// Routes `record_delivery` through a group-commit writer (see `group_commit`): `writers`
