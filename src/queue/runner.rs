@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::QueueSettings as WorkerSettings;
 
+/// The longest a runner with a backlog waits for more of its slots to free before claiming.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
+
 /// A durable queue that a [`run`] loop can drive.
 pub trait Queue: Clone + Send + Sync + 'static {
     type Item: Send + Sync + 'static;
@@ -48,6 +51,11 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
     // is never rescued; checking once per poll is plenty.
     let rescue_every = settings.poll_interval.max(Duration::from_secs(1));
     let mut last_rescue: Option<Instant> = None;
+    // While a backlog lasts, one claim per freed slot would cost a transaction (an fsync on
+    // SQLite) per item; gathering until half the slots are free, for at most CLAIM_GATHER,
+    // makes each claim fill several slots and costs the backlog at most that long a pause.
+    let refill_at = (settings.concurrency / 2).max(1);
+    let mut backlog = false;
     tracing::info!(
         concurrency = settings.concurrency,
         "{} started",
@@ -59,11 +67,20 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
             queue.rescue().await;
             last_rescue = Some(Instant::now());
         }
+        if backlog && slots.available_permits() < refill_at {
+            let gathered = async {
+                while slots.available_permits() < refill_at && running.join_next().await.is_some()
+                {
+                }
+            };
+            let _ = tokio::time::timeout(CLAIM_GATHER, gathered).await;
+        }
         let free = slots.available_permits();
         let mut more_waiting = false;
         if free > 0 {
             let items = queue.claim(free).await;
             more_waiting = items.len() == free;
+            backlog = more_waiting;
             for item in items {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     break; // cannot happen: we claimed no more than were free

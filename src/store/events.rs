@@ -57,23 +57,24 @@ pub(super) const INSERT_EVENT: &str = "INSERT INTO events
     ON CONFLICT (webhook_id) DO NOTHING
     RETURNING id";
 
-/// The event and its job, inside the caller's transaction: the job id, or `None` for a
-/// duplicate (which writes nothing). SQLite's ack path, one row at a time within a batch.
-pub(super) async fn insert_with_job(
-    mut tx: impl Exec,
-    row: &EventRow,
-) -> Result<Option<i64>, StoreError> {
-    let Some(inserted) = tx.fetch_optional(INSERT_EVENT, &row.insert_args()).await? else {
-        return Ok(None);
-    };
-    let event_id: i64 = inserted.get("id")?;
-    let job = tx
-        .fetch_optional(
-            "INSERT INTO jobs (event_id) VALUES ($1) RETURNING id",
-            &[Arg::Int(event_id)],
-        )
-        .await?;
-    job.map(|row| row.get("id")).transpose()
+/// [`INSERT_EVENT`] for `rows` events at once (`$1`..`$9` the first, `$10`..`$18` the second,
+/// …), returning the id and `webhook_id` of each one inserted.
+pub(super) fn insert_many(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let params: Vec<String> = (1..=9).map(|n| format!("${}", row * 9 + n)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO events
+             (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers,
+              body, altered)
+         VALUES {}
+         ON CONFLICT (webhook_id) DO NOTHING
+         RETURNING id, webhook_id",
+        values.join(", ")
+    )
 }
 
 /// What a list shows of an event (never its body: a list of large bodies would be slow).

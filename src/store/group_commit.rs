@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use super::db::Db;
+use super::db::{Arg, Db, Dialect, Exec as _, ListOf};
 use super::events::{self, EventRow};
 use super::postgres::JOBS_CHANNEL;
 use super::{JobId, NewEvent, Recorded, StoreError};
@@ -271,22 +271,55 @@ async fn insert_batch(db: &Db, batch: &[Pending]) -> Result<HashMap<String, i64>
     }
 }
 
-/// SQLite: one `BEGIN IMMEDIATE`, one insert of the event and its job per row (the statements
-/// are prepared once per connection and cached), one commit. A second copy of an id in the same
-/// batch sees the first one's row and inserts nothing, as if it had come after it.
+/// SQLite: one `BEGIN IMMEDIATE`, the events in multi-row inserts, their jobs in one insert, one
+/// commit. Every statement crosses to the connection's thread and back, which costs more than
+/// the insert itself, so rows go in chunks of up to [`SQLITE_CHUNK`] (powers of two, so that
+/// few statement shapes exist and each stays prepared). A second copy of an id in the same
+/// batch conflicts with the first one's row and inserts nothing, as if it had come after it.
 async fn insert_batch_sqlite(
     db: &Db,
     batch: &[Pending],
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut tx = db.begin().await?;
-    let mut accepted = HashMap::with_capacity(batch.len());
-    for Pending { event, .. } in batch {
-        if let Some(job_id) = events::insert_with_job(&mut tx, event).await? {
-            accepted.insert(event.webhook_id.clone(), job_id);
+    let mut event_ids: HashMap<i64, String> = HashMap::with_capacity(batch.len());
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let size = chunk_size(rest.len());
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let args: Vec<Arg<'_>> = chunk
+            .iter()
+            .flat_map(|pending| pending.event.insert_args())
+            .collect();
+        for row in (&mut tx).fetch_all(&events::insert_many(size), &args).await? {
+            event_ids.insert(row.get("id")?, row.get("webhook_id")?);
+        }
+    }
+    let mut accepted = HashMap::with_capacity(event_ids.len());
+    if !event_ids.is_empty() {
+        let ids: Vec<i64> = event_ids.keys().copied().collect();
+        let sql = format!(
+            "INSERT INTO jobs (event_id) SELECT value FROM {} RETURNING id, event_id",
+            Dialect::Sqlite.list_rows("$1", ListOf::Int)
+        );
+        for row in (&mut tx).fetch_all(&sql, &[Arg::IntList(&ids)]).await? {
+            let event_id: i64 = row.get("event_id")?;
+            if let Some(webhook_id) = event_ids.remove(&event_id) {
+                accepted.insert(webhook_id, row.get("id")?);
+            }
         }
     }
     tx.commit().await?;
     Ok(accepted)
+}
+
+/// Rows per multi-row insert on SQLite at most (9 parameters each).
+const SQLITE_CHUNK: usize = 64;
+
+/// The largest power of two no greater than `rows` and [`SQLITE_CHUNK`].
+fn chunk_size(rows: usize) -> usize {
+    let capped = rows.clamp(1, SQLITE_CHUNK);
+    1 << capped.ilog2()
 }
 
 /// The isolation above reads the database's own refusal; the seam's error carries it.
@@ -366,4 +399,23 @@ async fn insert_batch_postgres(
         rows.into_iter().map(|(id, job, _)| (id, job)).collect()
     })?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_chunks_are_powers_of_two_that_cover_the_batch() {
+        let sizes: Vec<usize> = [1, 2, 3, 37, 64, 65, 256].map(chunk_size).into();
+        assert_eq!(sizes, [1, 2, 2, 32, 64, 64, 64]);
+        let mut left = 37;
+        let mut chunks = Vec::new();
+        while left > 0 {
+            let size = chunk_size(left);
+            chunks.push(size);
+            left -= size;
+        }
+        assert_eq!(chunks, [32, 4, 1]);
+    }
 }

@@ -195,8 +195,10 @@ pub(super) async fn claim(
          SET state = 'running', attempt = attempt + 1, attempted_at = {now},
              locked_by = $1, locked_until = {until}
          WHERE id IN (
-             SELECT id FROM {table} WHERE {RUNNABLE} AND scheduled_at <= {now}
+             SELECT id FROM {table} {runnable_index}
+             WHERE {RUNNABLE} AND scheduled_at <= {now}
              ORDER BY scheduled_at, id LIMIT $3 {skip_locked})",
+        runnable_index = d.runnable_index(table),
         now = d.now(),
         until = d.now_plus("$2"),
         skip_locked = d.skip_locked(),
@@ -430,10 +432,11 @@ pub(super) async fn counts(
 pub(super) async fn backlog_age_secs(mut db: &Db, queue: &QueueKind) -> Result<f64, StoreError> {
     let d = db.dialect();
     let sql = format!(
-        "SELECT coalesce({age}, 0.0) AS age FROM {table}
+        "SELECT coalesce({age}, 0.0) AS age FROM {table} {runnable_index}
          WHERE {RUNNABLE} AND scheduled_at <= {now}",
         age = d.secs_since("min(scheduled_at)"),
         table = queue.table,
+        runnable_index = d.runnable_index(queue.table),
         now = d.now(),
     );
     let row = db.fetch_optional(&sql, &[]).await?;
