@@ -405,12 +405,17 @@ impl Store {
     }
 
     /// Starts delivering other processes' wake-ups to [`Store::job_wakeups`] and
-    /// [`Store::delivery_wakeups`] (Postgres `LISTEN`). SQLite has no channel between
-    /// processes: work queued by another process on the same file is found by the fallback
-    /// poll.
+    /// [`Store::delivery_wakeups`]: Postgres `LISTEN`; on SQLite, which has no channel between
+    /// processes, a watch of the file's commits (`PRAGMA data_version`, every 20 ms).
     pub fn listen_for_jobs(&self) {
-        if let (Db::Postgres(pool), Backend::Postgres(parts)) = (&self.db, &self.backend) {
-            parts.listen(pool, &self.wakeups.jobs, &self.wakeups.deliveries);
+        match (&self.db, &self.backend) {
+            (Db::Postgres(pool), Backend::Postgres(parts)) => {
+                parts.listen(pool, &self.wakeups.jobs, &self.wakeups.deliveries)
+            }
+            (Db::Sqlite(pool, _), _) => {
+                sqlite::watch_commits(pool, &self.wakeups.jobs, &self.wakeups.deliveries)
+            }
+            (Db::Postgres(_), Backend::Sqlite(_)) => {}
         }
     }
 

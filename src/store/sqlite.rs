@@ -209,6 +209,45 @@ pub fn file_of(url: &str) -> Option<std::path::PathBuf> {
         .filter(|path| !path.as_os_str().is_empty())
 }
 
+/// How often [`watch_commits`] looks for other connections' commits: the wake-up latency of a
+/// worker for work another process queued on the same file.
+pub(super) const COMMIT_WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// SQLite's stand-in for `LISTEN`: `PRAGMA data_version` changes whenever another connection
+/// (another process, or another of this pool's) has committed to the file. Read every
+/// [`COMMIT_WATCH_INTERVAL`] on a connection of its own, from shared memory, without touching
+/// the disk; a change wakes this process's claimers, which find the work or, for a commit that
+/// queued nothing, claim nothing. Ends when the pool closes.
+pub(super) fn watch_commits(pool: &SqlitePool, jobs: &Arc<Notify>, deliveries: &Arc<Notify>) {
+    let (pool, jobs, deliveries) = (pool.clone(), jobs.clone(), deliveries.clone());
+    tokio::spawn(async move {
+        let mut seen: Option<i64> = None;
+        let mut connection = None;
+        while !pool.is_closed() {
+            if connection.is_none() {
+                connection = pool.connect_options().connect().await.ok();
+            }
+            if let Some(conn) = connection.as_mut() {
+                match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                    .fetch_one(&mut *conn)
+                    .await
+                {
+                    Ok(version) => {
+                        if seen.is_some_and(|seen| seen != version) {
+                            jobs.notify_one();
+                            deliveries.notify_one();
+                        }
+                        seen = Some(version);
+                    }
+                    // A fresh connection has its own numbering: start over with it.
+                    Err(_) => (connection, seen) = (None, None),
+                }
+            }
+            tokio::time::sleep(COMMIT_WATCH_INTERVAL).await;
+        }
+    });
+}
+
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
@@ -476,6 +515,41 @@ mod tests {
             .await;
         store.close().await;
         println!("\n{}", if recorded.is_ok() { "wrote" } else { "refused" });
+    }
+
+    /// Another process's delivery wakes this process's worker through the commit watch, long
+    /// before its poll (a second here) would have found it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_queued_by_another_process_wakes_this_ones_worker() {
+        let db = sqlite().await;
+        let store = db.store().await;
+        let wakeups = store.job_wakeups();
+        store.listen_for_jobs();
+        tokio::time::sleep(super::COMMIT_WATCH_INTERVAL * 3).await; // the watch has its first reading
+        // Any wake-up so far (the migration's commits) is not the one under test.
+        let _ = tokio::time::timeout(Duration::from_millis(1), wakeups.notified()).await;
+
+        let woken = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), wakeups.notified())
+                .await
+                .is_ok()
+        });
+        let url = db.url().to_owned();
+        let child = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "store::sqlite::tests::writer_process"])
+                .args(["--ignored", "--nocapture", "--test-threads=1"])
+                .env(WRITER_URL, url)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(String::from_utf8_lossy(&child.stdout).contains("wrote"));
+
+        assert!(woken.await.unwrap(), "no wake-up for the other process's job");
+        let claimed = store.claim_jobs("w1", LEASE, 1).await.unwrap();
+        assert_eq!(claimed[0].webhook_id, "from_child");
     }
 
     /// Closing any descriptor of a file drops every POSIX lock the process holds on it: a
