@@ -69,8 +69,7 @@ pub async fn run<Q: Queue>(queue: Q, settings: &WorkerSettings, shutdown: Cancel
         }
         if backlog && slots.available_permits() < refill_at {
             let gathered = async {
-                while slots.available_permits() < refill_at && running.join_next().await.is_some()
-                {
+                while slots.available_permits() < refill_at && running.join_next().await.is_some() {
                 }
             };
             let _ = tokio::time::timeout(CLAIM_GATHER, gathered).await;

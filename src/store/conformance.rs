@@ -426,7 +426,10 @@ mod jobs {
         assert!(finished.into_iter().all(|f| f.unwrap()));
         let shared = store.finish_commits();
         assert!(shared < 39, "39 finishes at once took {shared} commits");
-        assert!(!late.unwrap(), "a finish of another attempt changes nothing");
+        assert!(
+            !late.unwrap(),
+            "a finish of another attempt changes nothing"
+        );
         let counts = store.queue_stats().await.unwrap().by_state;
         let count = |state: &str| {
             counts
@@ -435,7 +438,12 @@ mod jobs {
                 .map_or(0, |(_, n)| *n)
         };
         assert_eq!(
-            (count("completed"), count("retryable"), count("discarded"), count("running")),
+            (
+                count("completed"),
+                count("retryable"),
+                count("discarded"),
+                count("running")
+            ),
             (13, 13, 13, 1)
         );
     }

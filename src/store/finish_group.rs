@@ -158,7 +158,15 @@ async fn finish_batches(
                 answers
             }
         };
-        if answers.iter().any(|a| matches!(a, Ok(Finished { handed_off: true, .. }))) {
+        if answers.iter().any(|a| {
+            matches!(
+                a,
+                Ok(Finished {
+                    handed_off: true,
+                    ..
+                })
+            )
+        }) {
             // Only after the commit: before it the dispatchers would find nothing.
             deliveries.notify_one();
         }

@@ -291,7 +291,10 @@ async fn insert_batch_sqlite(
             .iter()
             .flat_map(|pending| pending.event.insert_args())
             .collect();
-        for row in (&mut tx).fetch_all(&events::insert_many(size), &args).await? {
+        for row in (&mut tx)
+            .fetch_all(&events::insert_many(size), &args)
+            .await?
+        {
             event_ids.insert(row.get("id")?, row.get("webhook_id")?);
         }
     }

@@ -271,7 +271,11 @@ fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
 }
 
 /// One result per job: a replay's new result replaces the old.
-pub(super) async fn upsert_result(tx: &mut Tx, job: JobId, result: &JobResult) -> Result<(), StoreError> {
+pub(super) async fn upsert_result(
+    tx: &mut Tx,
+    job: JobId,
+    result: &JobResult,
+) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO results
              (job_id, resource_kind, resource_id, outcome, location, size_bytes, sha256, summary)

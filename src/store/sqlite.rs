@@ -547,7 +547,10 @@ mod tests {
         .unwrap();
         assert!(String::from_utf8_lossy(&child.stdout).contains("wrote"));
 
-        assert!(woken.await.unwrap(), "no wake-up for the other process's job");
+        assert!(
+            woken.await.unwrap(),
+            "no wake-up for the other process's job"
+        );
         let claimed = store.claim_jobs("w1", LEASE, 1).await.unwrap();
         assert_eq!(claimed[0].webhook_id, "from_child");
     }

@@ -376,8 +376,10 @@ async fn send_one(
         index
     };
     let id = format!("{}_{id_number}", shared.run);
+    // `files/batch-<id>`: the name `gemhook dev`'s stand-in serves batch results under, so a
+    // load against a worker on the stand-in downloads a file per delivery.
     let body = format!(
-        r#"{{"type":"{}","version":"v1","timestamp":"2026-01-22T12:00:00Z","data":{{"id":"batches/{id}","output_file_uri":"files/{id}"}}}}"#,
+        r#"{{"type":"{}","version":"v1","timestamp":"2026-01-22T12:00:00Z","data":{{"id":"batches/{id}","output_file_uri":"files/batch-{id}"}}}}"#,
         plan.event_type
     );
     let timestamp = SystemTime::now()
