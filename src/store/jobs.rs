@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::db::{Arg, Exec, Row, Tx};
-use super::finish_group::{Ending, JobFinish};
+use super::db::{Arg, Db, Exec, Row, Tx};
+use super::finish_group::{Ending, JobFinish, finish_alone};
 use super::queue::{self, Finish, JOBS, RequeuedOne, state};
 use super::{
     ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
@@ -91,8 +91,8 @@ impl Store {
         Ok(released)
     }
 
-    /// The guarded finish, the result and the hand-off in one transaction, shared with other
-    /// jobs finishing at the same moment (see `finish_group`).
+    /// The guarded finish, the result and the hand-off in one transaction; on SQLite shared
+    /// with other jobs finishing at the same moment (see `finish_group`).
     async fn finish_job(
         &self,
         job: &ClaimedJob,
@@ -106,7 +106,10 @@ impl Store {
             result: result.map(|r| storable_result(r).into_owned()),
             handoff: handoff.map(|h| storable_handoff(h).into_owned()),
         };
-        self.finisher().finish(finish).await
+        match &self.db {
+            Db::Sqlite(..) => self.finisher().finish(finish).await,
+            Db::Postgres(_) => finish_alone(&self.db, &finish, &self.wakeups.deliveries).await,
+        }
     }
 
     /// Running jobs whose lease expired (their worker died) become retryable, or discarded when
