@@ -4,10 +4,13 @@
 //!
 //! - [`http`]: `POST /webhooks/gemini` keeps the raw body and answers; health and metrics.
 //! - [`verify`]: pure signature and timestamp checks (`v1`, `v1a`, JWT; no I/O, clock passed
-//!   in); [`jwks`] keeps Google's keys. [`envelope`]: pure, defensive reading of the event.
+//!   in); [`jwks`] keeps Google's keys and holds the one verification policy (try, refetch on
+//!   a miss, try again) the receiver and `gemhook verify` share. [`envelope`]: pure, defensive
+//!   reading of the event.
 //! - [`store`]: events (the idempotency table), the two queues (jobs, deliveries), results and
 //!   outcomes. Written once over a small dialect seam (`store::db`); the queues' state machine
-//!   is [`store::queue`]; Postgres and embedded SQLite differ only in `store::postgres` and
+//!   is [`store::queue`]; group commit (`store::group_commit`, `store::finish_group`) serves
+//!   both backends; Postgres and embedded SQLite differ only in `store::postgres` and
 //!   `store::sqlite`.
 //! - [`queue`]: the queue at run time (claim, heartbeat, finish, retry decision), shared by
 //!   [`worker`] (jobs: follows pointers through [`gemini`] into [`results`]) and [`deliver`]
@@ -15,7 +18,7 @@
 //!   other's queue machinery.
 //!
 //! Leaves: [`telemetry`] (logs), [`observe`] (metrics), [`redact`] (secrets in memory),
-//! [`retention`] (pruning). At the edge, depending on everything and used by nothing in the
+//! [`outbound`] (how an outbound HTTP failure is read), [`retention`] (pruning). At the edge, depending on everything and used by nothing in the
 //! core: [`config`] (defaults → file → environment), [`startup`] (build → port → run, and the
 //! embeddable [`Server`]), [`dev_secret`], [`cli`] (the commands) and [`tools`] (`send`,
 //! `capture`, `verify`'s explanation, the load generator, `gemhook dev` and its Gemini

@@ -12,6 +12,8 @@
 //! | `gemhook_job_attempts_total` | counter | `result` |
 //! | `gemhook_jobs_discarded_total` | counter | `reason`: exhausted, not_found, permanent, not_followable |
 //! | `gemhook_download_bytes_total` | counter | |
+//! | `gemhook_group_commit_rows` | histogram | deliveries per group-commit batch |
+//! | `gemhook_group_commits_total` | counter | transactions the ack path's writers committed |
 //! | `gemhook_jwks_fetches_total` | counter | `result`: ok, error |
 //! | `gemhook_jwks_age_seconds` | gauge | age of the cached key set (at each scrape) |
 //! | `gemhook_gemini_webhook_state` | gauge | `id`, `state`: 1 for each webhook's current state, 0 for the others |
@@ -32,6 +34,10 @@ const JOB_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 
+/// Deliveries per group-commit batch: powers of two up to the largest `group_commit_max_batch`
+/// one would configure.
+const BATCH_ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
 /// Installs the process-wide recorder once and returns the handle that renders it. Later calls
 /// (several applications in one test process) share the first recorder.
 pub fn install() -> PrometheusHandle {
@@ -46,6 +52,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full("gemhook_job_duration_seconds".into()),
                         JOB_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("gemhook_group_commit_rows".into()),
+                        BATCH_ROW_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty")
