@@ -486,6 +486,21 @@ mod tests {
 
     const WRITER_URL: &str = "GEMHOOK_TEST_SQLITE_WRITER_URL";
 
+    /// Runs [`writer_process`] as a child process on the database at `url`; its output.
+    async fn writer_process_on(url: &str) -> std::process::Output {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "store::sqlite::tests::writer_process"])
+                .args(["--ignored", "--nocapture", "--test-threads=1"])
+                .env(WRITER_URL, url)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
     /// The other process of [`opening_a_second_store_keeps_the_first_ones_hold_on_the_file`]:
     /// records one delivery, closes its connections, and says whether it could.
     #[tokio::test]
@@ -534,17 +549,7 @@ mod tests {
                 .await
                 .is_ok()
         });
-        let url = db.url().to_owned();
-        let child = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "store::sqlite::tests::writer_process"])
-                .args(["--ignored", "--nocapture", "--test-threads=1"])
-                .env(WRITER_URL, url)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let child = writer_process_on(db.url()).await;
         assert!(String::from_utf8_lossy(&child.stdout).contains("wrote"));
 
         assert!(
@@ -567,19 +572,7 @@ mod tests {
         accepted(record(&first, "before").await);
         let second = db.unmigrated_store(1);
 
-        let child = tokio::task::spawn_blocking({
-            let url = db.url().to_owned();
-            move || {
-                std::process::Command::new(std::env::current_exe().unwrap())
-                    .args(["--exact", "store::sqlite::tests::writer_process"])
-                    .args(["--ignored", "--nocapture", "--test-threads=1"])
-                    .env(WRITER_URL, url)
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
+        let child = writer_process_on(db.url()).await;
         let stdout = String::from_utf8_lossy(&child.stdout);
         assert!(stdout.lines().any(|line| line == "wrote"), "{stdout}");
 
