@@ -7,9 +7,13 @@
 //! - Writers are serialised by SQLite itself (one writer at a time per file, across processes).
 //!   Every multi-statement transaction starts with `BEGIN IMMEDIATE`, which takes the write lock
 //!   up front and waits for it (`busy_timeout`); a deferred `BEGIN` would read first and could
-//!   fail, without waiting, when upgrading to a write after another writer committed.
+//!   fail, without waiting, when upgrading to a write after another writer committed. Within a
+//!   process, writers queue at the store's write gate (`db::WriteGate`) first, in order.
+//! - Deliveries go through one group-commit writer ([`Sqlite`]), finishing jobs through one
+//!   shared transaction (`finish_group`): one fsync serves many.
 //! - `LISTEN/NOTIFY` becomes an in-process [`Notify`]: a worker in this process wakes at once;
-//!   a worker in another process on the same file finds the job at its next poll.
+//!   a worker in another process on the same file wakes within [`COMMIT_WATCH_INTERVAL`] by
+//!   [`watch_commits`].
 //! - Timestamps are INTEGER milliseconds since the Unix epoch (UTC): ordering and
 //!   `now + lease` are integer arithmetic, and reads turn them into `DateTime<Utc>`.
 
