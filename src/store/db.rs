@@ -90,6 +90,15 @@ impl Dialect {
         }
     }
 
+    /// A parameter bound as JSON text, stored in a JSON column (`jsonb` in Postgres, which does
+    /// not take text implicitly; TEXT in SQLite).
+    pub(super) fn json_param(self, param: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("CAST({param} AS jsonb)"),
+            Dialect::Sqlite => param.to_owned(),
+        }
+    }
+
     /// A timestamp column as RFC 3339 text inside [`Dialect::object`].
     pub(super) fn time_in_json(self, column: &str) -> String {
         match self {
@@ -309,6 +318,11 @@ pub(super) enum Db {
     Sqlite(SqlitePool, WriteGate),
 }
 
+/// How long a SQLite writer waits for the file's write lock: in the gate, then in SQLite's
+/// busy handler (`sqlite.rs` sets the same). Write transactions last milliseconds; this only
+/// bites when the file is wedged.
+pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// SQLite lets one connection write at a time; a second writer waits in SQLite's busy handler,
 /// which sleeps (1, 2, 5, 10 … 100 ms) and polls rather than queueing, so a delivery behind a
 /// worker's finish could wait tens of milliseconds for a lock free after one. Within a process
@@ -330,14 +344,7 @@ impl WriteGate {
             Ok(Err(_)) | Err(_) => Err(StoreError::Deadline(SQLITE_BUSY_TIMEOUT)),
         }
     }
-}
 
-/// How long a SQLite writer waits for the file's write lock: in the gate, then in SQLite's
-/// busy handler (`sqlite.rs` sets the same). Write transactions last milliseconds; this only
-/// bites when the file is wedged.
-pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl WriteGate {
     /// A turn for a statement run outside a transaction, unless it only reads (it starts with
     /// `SELECT`; anything else, `WITH` included, is taken to write).
     async fn enter_unless_read(

@@ -1,7 +1,7 @@
 //! Events written once over the seam: the row the ack path inserts, and reading and pruning
 //! them (the ack path's batching is `group_commit`'s).
 
-use super::db::{Arg, Exec, Row};
+use super::db::{Arg, Dialect, Exec, Row};
 use super::queue::opt_state;
 use super::storable::EventFields;
 use super::{EventFilter, EventRecord, EventSummary, NewEvent, PruneScope, Store, StoreError};
@@ -15,7 +15,8 @@ pub(super) struct EventRow {
     pub fields: EventFields,
     pub status: &'static str,
     pub scheme: &'static str,
-    pub headers: serde_json::Value,
+    /// The kept headers as JSON text, serialised once here (both backends bind it as text).
+    pub headers: String,
     pub body: bytes::Bytes,
 }
 
@@ -27,12 +28,12 @@ impl EventRow {
             fields: event.storable_fields(),
             status: event.envelope.status.as_str(),
             scheme: event.scheme.as_str(),
-            headers: event.headers.clone(),
+            headers: event.headers.to_string(),
             body: event.body.clone(),
         }
     }
 
-    /// The parameters of [`INSERT_EVENT`], in order.
+    /// The parameters of one row of [`insert_many`], in order.
     pub fn insert_args(&self) -> [Arg<'_>; 9] {
         [
             Arg::Text(&self.webhook_id),
@@ -41,28 +42,22 @@ impl EventRow {
             Arg::OptText(self.fields.resource_id.as_deref()),
             Arg::Text(self.status),
             Arg::Text(self.scheme),
-            Arg::Json(&self.headers),
+            Arg::Text(&self.headers),
             Arg::Bytes(self.body.as_ref()),
             Arg::OptText(self.fields.altered.as_deref()),
         ]
     }
 }
 
-/// The event (`$1`..`$9`, see [`EventRow::insert_args`]); a duplicate `webhook-id` inserts
-/// nothing and returns no id.
-pub(super) const INSERT_EVENT: &str = "INSERT INTO events
-        (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers, body,
-         altered)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (webhook_id) DO NOTHING
-    RETURNING id";
-
-/// [`INSERT_EVENT`] for `rows` events at once (`$1`..`$9` the first, `$10`..`$18` the second,
-/// …), returning the id and `webhook_id` of each one inserted.
-pub(super) fn insert_many(rows: usize) -> String {
+/// The insert of `rows` events at once (`$1`..`$9` the first, `$10`..`$18` the second, …, see
+/// [`EventRow::insert_args`]), returning the id and `webhook_id` of each one inserted; a
+/// duplicate `webhook-id` inserts nothing and returns no row.
+pub(super) fn insert_many(d: Dialect, rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|row| {
-            let params: Vec<String> = (1..=9).map(|n| format!("${}", row * 9 + n)).collect();
+            let param = |n: usize| format!("${}", row * 9 + n);
+            let mut params: Vec<String> = (1..=9).map(param).collect();
+            params[6] = d.json_param(&params[6]); // headers
             format!("({})", params.join(", "))
         })
         .collect();

@@ -3,9 +3,8 @@
 //! A commit costs an fsync; one per request caps ingest at the disk's commit rate (about 3,400
 //! two-insert transactions per second here), while rows sharing a commit go ten times further.
 //! Writers take whatever deliveries are waiting (up to `max_batch`), insert them in one
-//! transaction (Postgres: one multi-row statement; SQLite: one `BEGIN IMMEDIATE` with a prepared
-//! insert per row, which costs microseconds in-process), and only after the commit answer each
-//! request: the 200 still never leaves before its event and job are durable. There is no timer:
+//! transaction (Postgres: one statement over arrays; SQLite: one `BEGIN IMMEDIATE`, the events in
+//! multi-row inserts and their jobs in one), and only after the commit answer each request: the 200 still never leaves before its event and job are durable. There is no timer:
 //! under light load a batch is one delivery and costs what a single insert costs; under load,
 //! deliveries arriving while a writer commits form the next batch.
 
@@ -292,7 +291,7 @@ async fn insert_batch_sqlite(
             .flat_map(|pending| pending.event.insert_args())
             .collect();
         for row in (&mut tx)
-            .fetch_all(&events::insert_many(size), &args)
+            .fetch_all(&events::insert_many(Dialect::Sqlite, size), &args)
             .await?
         {
             event_ids.insert(row.get("id")?, row.get("webhook_id")?);
@@ -356,7 +355,7 @@ async fn insert_batch_postgres(
         altered.push(event.fields.altered.as_deref());
         statuses.push(event.status);
         schemes.push(event.scheme);
-        headers.push(event.headers.to_string());
+        headers.push(event.headers.as_str());
         bodies.push(event.body.as_ref());
     }
     // Rows are inserted in `webhook_id` order, the same order in every batch of every

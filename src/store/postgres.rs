@@ -12,8 +12,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
-use super::db::{Arg, Db, Exec as _};
-use super::events::{EventRow, INSERT_EVENT};
+use super::db::{Arg, Db, Dialect, Exec as _};
+use super::events::{self, EventRow};
 use super::group_commit::{BatchLimits, GroupWriter};
 use super::pg_read_only::{READ_ONLY_QUERY, ReadOnlyWatch};
 use super::queue::{DELIVERIES, JOBS};
@@ -211,10 +211,11 @@ impl Postgres {
 async fn record_one(mut db: &Db, event: &NewEvent<'_>) -> Result<Recorded, StoreError> {
     let row = EventRow::from(event);
     let sql = format!(
-        "WITH new_event AS ({INSERT_EVENT}), new_job AS (
+        "WITH new_event AS ({insert}), new_job AS (
              INSERT INTO jobs (event_id) SELECT id FROM new_event RETURNING id
          )
-         SELECT id, pg_notify($10, '') FROM new_job"
+         SELECT id, pg_notify($10, '') FROM new_job",
+        insert = events::insert_many(Dialect::Postgres, 1)
     );
     let mut args = row.insert_args().to_vec();
     args.push(Arg::Text(JOBS_CHANNEL));
