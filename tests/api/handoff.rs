@@ -226,14 +226,9 @@ crate::on_both_backends! {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        let shown = crate::process::gemhook_command(&[("GEMHOOK_DATABASE_URL", &app.db.url)])
-            .args(["deliveries", "show", &delivery_id.to_string(), "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            shown.status.success(),
-            "{}",
-            String::from_utf8_lossy(&shown.stderr)
+        let shown = crate::process::gemhook_ok(
+            &[("GEMHOOK_DATABASE_URL", &app.db.url)],
+            &["deliveries", "show", &delivery_id.to_string(), "--json"],
         );
         let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
         assert_eq!(shown["state"], "completed");

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::process::{Gemhook, gemhook_command};
+use crate::process::{Gemhook, gemhook_command, gemhook_ok};
 use crate::standin::{Answer, GeminiStandIn};
 
 /// `name{labels} value` lines of a Prometheus exposition, keyed by `name{labels}`.
@@ -249,15 +249,7 @@ async fn pruning_deletes_old_finished_events_and_keeps_the_young_the_running_and
     assert!(String::from_utf8_lossy(&dry.stdout).starts_with("1 event(s)"));
     assert_eq!(remaining(&app, &ids).await, [true, true, true, true]);
 
-    let pruned = gemhook_command(&env)
-        .args(["prune", "--older-than", "3d"])
-        .output()
-        .unwrap();
-    assert!(
-        pruned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pruned.stderr)
-    );
+    gemhook_ok(&env, &["prune", "--older-than", "3d"]);
     assert_eq!(remaining(&app, &ids).await, [false, true, true, true]);
     assert_eq!(
         app.count("jobs").await,

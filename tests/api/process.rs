@@ -25,6 +25,18 @@ pub fn gemhook_command(env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// Runs `gemhook ARGS` with `env` to its end and checks that it succeeded (its stderr in the
+/// failure message); its output.
+pub fn gemhook_ok(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let output = gemhook_command(env).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "gemhook {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 impl Gemhook {
     /// Starts `gemhook serve` and waits until it logs the address it listens on.
     pub fn serve(env: &[(&str, &str)]) -> (Gemhook, String) {

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
-use crate::process::{Gemhook, gemhook_command};
+use crate::process::{Gemhook, gemhook_command, gemhook_ok};
 use crate::standin::{Answer, GeminiStandIn};
 
 const RESULTS_JSONL: &str = concat!(
@@ -348,15 +348,7 @@ async fn a_discarded_job_can_be_retried_and_an_event_replayed() {
     gemini.script("late", [Answer::Body(Bytes::from(RESULTS_JSONL))]);
     let env = [("GEMHOOK_DATABASE_URL", app.db.url.as_str())];
 
-    let retry = gemhook_command(&env)
-        .args(["jobs", "retry", "--discarded"])
-        .output()
-        .unwrap();
-    assert!(
-        retry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&retry.stderr)
-    );
+    gemhook_ok(&env, &["jobs", "retry", "--discarded"]);
     app.run_worker_until_idle().await;
     assert_eq!(app.job_of(&id).await.0, "completed");
 
