@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::retention;
 use crate::startup::{self, Application, Role};
 use crate::store::{
-    EventFilter, EventRecord, EventSummary, JobFilter, JobId, QueueState, Requeued,
+    DeliveryFilter, EventFilter, EventRecord, EventSummary, JobFilter, JobId, QueueState, Requeued,
 };
 use crate::telemetry;
 use crate::tools::bench::{IngestPlan, RecordFiles};
@@ -578,6 +578,7 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
                 event_type,
                 status,
                 since,
+                ..EventFilter::default()
             };
             let events = store
                 .list_events(&filter, limit)
@@ -631,8 +632,8 @@ async fn tail_events(
     loop {
         let filter = EventFilter {
             event_type: event_type.clone(),
-            status: None,
             since: Some(since),
+            ..EventFilter::default()
         };
         let mut events = store
             .list_events(&filter, 500)
@@ -684,6 +685,7 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
                 state,
                 event_type,
                 since,
+                ..JobFilter::default()
             };
             let jobs = store
                 .list_jobs(&filter, limit)
@@ -790,7 +792,13 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
     match command {
         DeliveriesCommand::List { state, json, limit } => {
             let deliveries = store
-                .list_deliveries(state, limit)
+                .list_deliveries(
+                    &DeliveryFilter {
+                        state,
+                        ..DeliveryFilter::default()
+                    },
+                    limit,
+                )
                 .await
                 .context("listing deliveries")?;
             if json {

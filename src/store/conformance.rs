@@ -263,7 +263,90 @@ mod events {
         assert!(store.find_job(job).await.unwrap().is_some());
     }
 
+    async fn events_page_by_cursor_and_match_an_id_prefix_literally(db: TestDb) {
+        let store = db.store().await;
+        for id in ["msg_a1", "msg_a2", "msg%b3", "other_4"] {
+            accepted(record(&store, id).await);
+        }
+
+        let first = store.list_events(&EventFilter::default(), 2).await.unwrap();
+        let next = EventFilter {
+            before: Some(first[1].id),
+            ..EventFilter::default()
+        };
+        let second = store.list_events(&next, 2).await.unwrap();
+        let prefix = |p: &str| EventFilter {
+            webhook_id_prefix: Some(p.into()),
+            ..EventFilter::default()
+        };
+
+        let ids = |events: &[crate::store::EventSummary]| {
+            events
+                .iter()
+                .map(|e| e.webhook_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&first), ["other_4", "msg%b3"]);
+        assert_eq!(ids(&second), ["msg_a2", "msg_a1"]);
+        assert_eq!(
+            ids(&store.list_events(&prefix("msg_a"), 10).await.unwrap()),
+            ["msg_a2", "msg_a1"]
+        );
+        // `%` and `_` are literal: "msg%" matches one id, not every "msg…".
+        assert_eq!(
+            ids(&store.list_events(&prefix("msg%"), 10).await.unwrap()),
+            ["msg%b3"]
+        );
+        let by_scheme = |scheme: &str| EventFilter {
+            scheme: Some(scheme.into()),
+            ..EventFilter::default()
+        };
+        assert_eq!(
+            store.list_events(&by_scheme("v1"), 10).await.unwrap().len(),
+            4
+        );
+        assert!(
+            store
+                .list_events(&by_scheme("jwt"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let until_then = EventFilter {
+            until: Some(Utc::now() - chrono::Duration::hours(1)),
+            ..EventFilter::default()
+        };
+        assert!(store.list_events(&until_then, 10).await.unwrap().is_empty());
+    }
+
+    async fn events_are_counted_per_minute_by_job_state(db: TestDb) {
+        let store = db.store().await;
+        for id in ["msg_1", "msg_2"] {
+            accepted(record(&store, id).await);
+        }
+
+        let counts = store
+            .events_per_minute(Utc::now() - chrono::Duration::minutes(5))
+            .await
+            .unwrap();
+
+        assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 2);
+        assert!(
+            counts
+                .iter()
+                .all(|c| c.job_state == Some(QueueState::Available))
+        );
+        let now = Utc::now().timestamp();
+        assert!(
+            counts
+                .iter()
+                .all(|c| c.minute % 60 == 0 && now - c.minute < 120)
+        );
+    }
+
     on_both_backends!(
+        events_page_by_cursor_and_match_an_id_prefix_literally,
+        events_are_counted_per_minute_by_job_state,
         a_delivery_is_stored_byte_for_byte_with_its_job,
         an_empty_or_non_utf8_body_is_kept_as_is,
         a_duplicate_delivery_is_acknowledged_and_not_enqueued_again,
@@ -288,7 +371,7 @@ mod jobs {
         TestDb, accepted, batch_body, on_both_backends, record, record_body, stored,
     };
     use crate::store::{
-        ClaimedJob, Handoff, JobFilter, JobId, JobResult, QueueState, Requeued, Store,
+        Cancelled, ClaimedJob, Handoff, JobFilter, JobId, JobResult, QueueState, Requeued, Store,
     };
 
     const LEASE: Duration = Duration::from_secs(60);
@@ -1089,7 +1172,78 @@ mod jobs {
         assert_eq!(store.discard_reasons(1).await.unwrap().len(), 1);
     }
 
+    async fn dead_letters_are_counted_and_requeued_by_filter(db: TestDb) {
+        let store = db.store().await;
+        for id in ["msg_1", "msg_2", "msg_3"] {
+            accepted(record(&store, id).await);
+        }
+        let jobs = store.claim_jobs("w1", LEASE, 3).await.unwrap();
+        for (job, error) in jobs.iter().zip(["timeout", "timeout", "404"]) {
+            assert!(
+                store
+                    .discard_if_running(job, error, None, None)
+                    .await
+                    .unwrap()
+            );
+        }
+        let timeouts = JobFilter {
+            last_error: Some("timeout".into()),
+            ..JobFilter::default()
+        };
+
+        assert_eq!(store.count_discarded(&timeouts).await.unwrap(), 2);
+        assert_eq!(
+            store.count_discarded(&JobFilter::default()).await.unwrap(),
+            3
+        );
+        assert_eq!(store.list_jobs(&timeouts, 10).await.unwrap().len(), 2);
+        assert_eq!(
+            store.requeue_discarded_matching(&timeouts).await.unwrap(),
+            2
+        );
+
+        assert_eq!(
+            store
+                .list_jobs(&state("available"), 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let left = store.list_jobs(&state("discarded"), 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].last_error.as_deref(), Some("404"));
+        assert_eq!(store.count_discarded(&timeouts).await.unwrap(), 0);
+    }
+
+    async fn only_a_waiting_job_is_cancelled(db: TestDb) {
+        let store = db.store().await;
+        let waiting = accepted(record(&store, "msg_1").await);
+        accepted(record(&store, "msg_2").await);
+        assert_eq!(
+            store.cancel_job(waiting).await.unwrap(),
+            Cancelled::Cancelled
+        );
+        let running = store.claim_jobs("w1", LEASE, 5).await.unwrap();
+
+        assert_eq!(running.len(), 1, "a cancelled job is not claimed");
+        assert_eq!(
+            store.cancel_job(running[0].id).await.unwrap(),
+            Cancelled::NotWaiting(QueueState::Running)
+        );
+        assert_eq!(
+            store.cancel_job(JobId(999_999)).await.unwrap(),
+            Cancelled::NotFound
+        );
+        let job = store.job_of_event("msg_1").await.unwrap().unwrap();
+        assert_eq!(job.summary.state, QueueState::Cancelled);
+        assert!(job.summary.finalized_at.is_some());
+        assert!(store.job_of_event("missing").await.unwrap().is_none());
+    }
+
     on_both_backends!(
+        dead_letters_are_counted_and_requeued_by_filter,
+        only_a_waiting_job_is_cancelled,
         a_claim_takes_runnable_jobs_in_order_with_their_event,
         a_completed_job_keeps_its_result_and_cannot_be_completed_twice,
         finishes_at_the_same_moment_each_stay_guarded_and_share_commits_on_sqlite,
@@ -1125,7 +1279,8 @@ mod deliveries {
 
     use crate::store::testing::{TestDb, accepted, on_both_backends, record};
     use crate::store::{
-        ClaimedDelivery, ClaimedJob, Handoff, JobResult, QueueState, Requeued, Store,
+        ClaimedDelivery, ClaimedJob, DeliveryFilter, Handoff, JobResult, QueueState, Requeued,
+        Store,
     };
 
     const LEASE: Duration = Duration::from_secs(60);
@@ -1203,6 +1358,34 @@ mod deliveries {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    async fn an_events_outcome_and_deliveries_are_found_by_its_id(db: TestDb) {
+        let store = db.store().await;
+        assert!(store.outcome_of_event("msg_1").await.unwrap().is_none());
+
+        handed_off(&store, &["app", "nats"]).await;
+
+        let outcome = store.outcome_of_event("msg_1").await.unwrap().unwrap();
+        assert_eq!(outcome.revision, 1);
+        let of_event = DeliveryFilter {
+            webhook_id: Some("msg_1".into()),
+            ..DeliveryFilter::default()
+        };
+        let deliveries = store.list_deliveries(&of_event, 10).await.unwrap();
+        let mut sinks: Vec<_> = deliveries.iter().map(|d| d.sink.as_str()).collect();
+        sinks.sort_unstable();
+        assert_eq!(sinks, ["app", "nats"]);
+        let one_sink = DeliveryFilter {
+            sink: Some("nats".into()),
+            ..DeliveryFilter::default()
+        };
+        assert_eq!(store.list_deliveries(&one_sink, 10).await.unwrap().len(), 1);
+        let other = DeliveryFilter {
+            webhook_id: Some("msg_2".into()),
+            ..DeliveryFilter::default()
+        };
+        assert!(store.list_deliveries(&other, 10).await.unwrap().is_empty());
     }
 
     async fn a_discarded_job_hands_off_its_outcome_too(db: TestDb) {
@@ -1291,7 +1474,10 @@ mod deliveries {
                 .unwrap()
         );
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store
+            .list_deliveries(&DeliveryFilter::default(), 10)
+            .await
+            .unwrap();
         assert_eq!(listed[0].state, "completed");
         assert!(listed[0].finalized_at.is_some());
         assert_eq!(listed[0].last_error, None);
@@ -1308,7 +1494,13 @@ mod deliveries {
 
         assert!(retried);
         let listed = store
-            .list_deliveries(Some(QueueState::Retryable), 10)
+            .list_deliveries(
+                &DeliveryFilter {
+                    state: Some(QueueState::Retryable),
+                    ..DeliveryFilter::default()
+                },
+                10,
+            )
             .await
             .unwrap();
         assert_eq!(listed.len(), 1);
@@ -1322,7 +1514,11 @@ mod deliveries {
                 .unwrap()
                 .is_empty()
         );
-        let id = store.list_deliveries(None, 1).await.unwrap()[0].id;
+        let id = store
+            .list_deliveries(&DeliveryFilter::default(), 1)
+            .await
+            .unwrap()[0]
+            .id;
         let errors = store.find_delivery(id).await.unwrap().unwrap().errors;
         assert_eq!(errors[0]["retryable"], true);
         assert_eq!(errors[0]["attempt"], 1);
@@ -1341,7 +1537,13 @@ mod deliveries {
         );
 
         let dead = store
-            .list_deliveries(Some(QueueState::Discarded), 10)
+            .list_deliveries(
+                &DeliveryFilter {
+                    state: Some(QueueState::Discarded),
+                    ..DeliveryFilter::default()
+                },
+                10,
+            )
             .await
             .unwrap();
         assert_eq!(dead.len(), 1);
@@ -1384,7 +1586,10 @@ mod deliveries {
 
         assert_eq!(store.rescue_expired_deliveries(5).await.unwrap(), 1);
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store
+            .list_deliveries(&DeliveryFilter::default(), 10)
+            .await
+            .unwrap();
         assert_eq!(listed[0].state, "retryable");
         assert_eq!(
             listed[0].last_error.as_deref(),
@@ -1416,7 +1621,10 @@ mod deliveries {
 
         assert_eq!(store.rescue_expired_deliveries(1).await.unwrap(), 1);
 
-        let listed = store.list_deliveries(None, 10).await.unwrap();
+        let listed = store
+            .list_deliveries(&DeliveryFilter::default(), 10)
+            .await
+            .unwrap();
         assert_eq!(listed[0].state, "discarded");
         assert!(listed[0].finalized_at.is_some());
     }
@@ -1439,6 +1647,7 @@ mod deliveries {
 
     on_both_backends!(
         a_finished_job_queues_its_outcome_once_per_sink_and_wakes_the_dispatchers,
+        an_events_outcome_and_deliveries_are_found_by_its_id,
         a_discarded_job_hands_off_its_outcome_too,
         an_outcome_without_sinks_is_kept_and_nothing_is_delivered,
         a_job_that_is_no_longer_this_attempts_hands_off_nothing,

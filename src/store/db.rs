@@ -73,6 +73,14 @@ impl Dialect {
         }
     }
 
+    /// The start of the minute of the timestamp expression `column`, as seconds since the epoch.
+    pub(super) fn minute_of(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("(floor(extract(epoch FROM {column}) / 60) * 60)::int8"),
+            Dialect::Sqlite => format!("(({column} / 60000) * 60)"),
+        }
+    }
+
     /// A JSON object from `'key', value, ...` pairs.
     pub(super) fn object(self, pairs: &str) -> String {
         match self {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::db::{Arg, Exec, ListOf, Row, Tx};
 use super::queue::{self, DELIVERIES, Finish, JOBS, RequeuedOne, state};
 use super::{
-    ClaimedDelivery, DeliveryRecord, DeliverySummary, Handoff, JobId, QueueState, Store,
-    StoreError, storable,
+    ClaimedDelivery, DeliveryFilter, DeliveryRecord, DeliverySummary, Handoff, JobId,
+    OutcomeRecord, QueueState, Store, StoreError, storable,
 };
 
 impl Store {
@@ -59,22 +59,49 @@ impl Store {
         queue::rescue(&self.db, &DELIVERIES, max_attempts).await
     }
 
-    /// The newest deliveries first.
+    /// The newest deliveries first, a page of `limit` from the filter's cursor.
     pub async fn list_deliveries(
         &self,
-        state: Option<QueueState>,
+        filter: &DeliveryFilter,
         limit: i64,
     ) -> Result<Vec<DeliverySummary>, StoreError> {
         let sql = format!(
-            "{select} WHERE ($1 IS NULL OR q.state = $1) ORDER BY q.id DESC LIMIT $2",
+            "{select} WHERE ($1 IS NULL OR q.state = $1) AND ($3 IS NULL OR q.sink = $3)
+                AND ($4 IS NULL OR e.webhook_id = $4) AND ($5 IS NULL OR q.id < $5)
+             ORDER BY q.id DESC LIMIT $2",
             select = self.delivery_select("")
         );
         let args = [
-            Arg::OptText(state.map(QueueState::as_str)),
+            Arg::OptText(filter.state.map(QueueState::as_str)),
             Arg::Int(limit.max(0)),
+            Arg::OptText(filter.sink.as_deref()),
+            Arg::OptText(filter.webhook_id.as_deref()),
+            Arg::OptInt(filter.before),
         ];
         let rows = (&self.db).fetch_all(&sql, &args).await?;
         rows.iter().map(delivery_summary).collect()
+    }
+
+    /// The outcome handed off for the event with this `webhook-id`, if its job has finished.
+    pub async fn outcome_of_event(
+        &self,
+        webhook_id: &str,
+    ) -> Result<Option<OutcomeRecord>, StoreError> {
+        let row = (&self.db)
+            .fetch_optional(
+                "SELECT o.revision, o.body, o.created_at FROM outcomes o
+                 JOIN events e ON e.id = o.event_id WHERE e.webhook_id = $1",
+                &[Arg::Text(webhook_id)],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(OutcomeRecord {
+                revision: row.get("revision")?,
+                body: row.get("body")?,
+                created_at: row.time("created_at")?,
+            })
+        })
+        .transpose()
     }
 
     /// One delivery with every attempt's error and the outcome it sends.

@@ -4,7 +4,11 @@
 use super::db::{Arg, Dialect, Exec, Row};
 use super::queue::opt_state;
 use super::storable::EventFields;
-use super::{EventFilter, EventRecord, EventSummary, NewEvent, PruneScope, Store, StoreError};
+use chrono::{DateTime, Utc};
+
+use super::{
+    EventFilter, EventRecord, EventSummary, MinuteCount, NewEvent, PruneScope, Store, StoreError,
+};
 
 /// A verified delivery's event as it is stored: [`NewEvent`] made storable and owned, so that it
 /// can cross to the group-commit writer. The body is shared with the request (`Bytes`), not
@@ -73,7 +77,7 @@ pub(super) fn insert_many(d: Dialect, rows: usize) -> String {
 }
 
 /// What a list shows of an event (never its body: a list of large bodies would be slow).
-const SUMMARY_COLUMNS: &str = "e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme,
+const SUMMARY_COLUMNS: &str = "e.id, e.webhook_id, e.event_type, e.resource_id, e.status, e.scheme,
     e.received_at, j.state AS job_state";
 const FROM: &str = "FROM events e LEFT JOIN jobs j ON j.event_id = e.id";
 
@@ -83,7 +87,8 @@ const PRUNABLE: &str =
     OR ($2 AND j.state = 'discarded'))";
 
 impl Store {
-    /// The newest events first.
+    /// The newest events first (by row id, which follows arrival), a page of `limit` from the
+    /// filter's cursor.
     pub async fn list_events(
         &self,
         filter: &EventFilter,
@@ -94,17 +99,52 @@ impl Store {
              WHERE ($2 IS NULL OR e.event_type = $2)
                AND ($3 IS NULL OR e.status = $3)
                AND ($4 IS NULL OR e.received_at >= $4)
-             ORDER BY e.received_at DESC, e.id DESC
+               AND ($5 IS NULL OR e.received_at < $5)
+               AND ($6 IS NULL OR e.scheme = $6)
+               AND ($7 IS NULL OR e.resource_id = $7)
+               AND ($8 IS NULL OR e.webhook_id LIKE $8 ESCAPE '\\')
+               AND ($9 IS NULL OR e.id < $9)
+             ORDER BY e.id DESC
              LIMIT $1"
         );
+        let prefix = filter.webhook_id_prefix.as_deref().map(like_prefix);
         let args = [
             Arg::Int(limit.max(0)),
             Arg::OptText(filter.event_type.as_deref()),
             Arg::OptText(filter.status.as_deref()),
             Arg::OptTime(filter.since),
+            Arg::OptTime(filter.until),
+            Arg::OptText(filter.scheme.as_deref()),
+            Arg::OptText(filter.resource_id.as_deref()),
+            Arg::OptText(prefix.as_deref()),
+            Arg::OptInt(filter.before),
         ];
         let rows = (&self.db).fetch_all(&sql, &args).await?;
         rows.iter().map(summary).collect()
+    }
+
+    /// Events received per minute since `since`, by their job's state: the dashboard's chart.
+    pub async fn events_per_minute(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MinuteCount>, StoreError> {
+        let sql = format!(
+            "SELECT {minute} AS minute, j.state AS job_state, count(*) AS n {FROM}
+             WHERE e.received_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+            minute = self.dialect().minute_of("e.received_at")
+        );
+        let rows = (&self.db)
+            .fetch_all(&sql, &[Arg::OptTime(Some(since))])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MinuteCount {
+                    minute: row.get("minute")?,
+                    job_state: opt_state(row, "job_state")?,
+                    count: row.get("n")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn find_event(&self, webhook_id: &str) -> Result<Option<EventRecord>, StoreError> {
@@ -159,6 +199,7 @@ impl Store {
 
 fn summary(row: &Row) -> Result<EventSummary, StoreError> {
     Ok(EventSummary {
+        id: row.get("id")?,
         webhook_id: row.get("webhook_id")?,
         event_type: row.get("event_type")?,
         resource_id: row.get("resource_id")?,
@@ -167,4 +208,30 @@ fn summary(row: &Row) -> Result<EventSummary, StoreError> {
         received_at: row.time("received_at")?,
         job_state: opt_state(row, "job_state")?,
     })
+}
+
+/// A `LIKE` pattern matching text that starts with `prefix`, its wildcards escaped (with `\\`,
+/// the statement's `ESCAPE`).
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_prefix;
+
+    #[test]
+    fn a_prefix_matches_literally() {
+        assert_eq!(like_prefix("msg_1%"), "msg\\_1\\%%");
+        assert_eq!(like_prefix("a\\b"), "a\\\\b%");
+        assert_eq!(like_prefix(""), "%");
+    }
 }

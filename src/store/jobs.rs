@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use super::db::{Arg, Db, Exec, Row, Tx};
+use super::db::{Arg, Db, Dialect, Exec, Row, Tx};
 use super::finish_group::{Ending, JobFinish, finish_alone};
 use super::queue::{self, Finish, JOBS, RequeuedOne, state};
 use super::{
-    ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats, Requeued,
-    Store, StoreError, StoredResult, storable, storable_handoff, storable_result,
+    Cancelled, ClaimedJob, Handoff, JobDetail, JobFilter, JobId, JobResult, JobSummary, QueueStats,
+    Requeued, Store, StoreError, StoredResult, storable, storable_handoff, storable_result,
 };
 
 impl Store {
@@ -150,43 +150,96 @@ impl Store {
         .transpose()
     }
 
-    /// The newest jobs first.
+    /// The newest jobs first, a page of `limit` from the filter's cursor.
     pub async fn list_jobs(
         &self,
         filter: &JobFilter,
         limit: i64,
     ) -> Result<Vec<JobSummary>, StoreError> {
         let sql = format!(
-            "{select} WHERE ($1 IS NULL OR q.state = $1)
-               AND ($3 IS NULL OR e.event_type = $3)
-               AND ($4 IS NULL OR q.created_at >= $4)
-             ORDER BY q.id DESC LIMIT $2",
-            select = self.job_select()
+            "{select} WHERE {filter} ORDER BY q.id DESC LIMIT $6",
+            select = self.job_select(),
+            filter = job_filter(self.dialect())
         );
-        let args = [
-            Arg::OptText(filter.state.map(|s| s.as_str())),
-            Arg::Int(limit.max(0)),
-            Arg::OptText(filter.event_type.as_deref()),
-            Arg::OptTime(filter.since),
-        ];
+        let mut args = job_filter_args(filter).to_vec();
+        args.push(Arg::Int(limit.max(0)));
         let rows = (&self.db).fetch_all(&sql, &args).await?;
         rows.iter().map(job_summary).collect()
+    }
+
+    /// The dead letters a bulk retry with `filter` would re-queue (its state is ignored: only
+    /// discarded jobs are counted).
+    pub async fn count_discarded(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT count(*) AS n FROM jobs q JOIN events e ON e.id = q.event_id
+             WHERE q.state = 'discarded' AND {filter}",
+            filter = job_filter(self.dialect())
+        );
+        let filter = JobFilter {
+            state: None,
+            ..filter.clone()
+        };
+        let row = (&self.db)
+            .fetch_optional(&sql, &job_filter_args(&filter))
+            .await?;
+        let count: i64 = row.map(|row| row.get("n")).transpose()?.unwrap_or(0);
+        Ok(count as u64)
+    }
+
+    /// Re-queues the dead letters matching `filter` (its state is ignored); returns how many.
+    pub async fn requeue_discarded_matching(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET {reset} WHERE state = 'discarded' AND id IN (
+                 SELECT q.id FROM jobs q JOIN events e ON e.id = q.event_id
+                 WHERE q.state = 'discarded' AND {filter})",
+            reset = queue::reset(self.dialect()),
+            filter = job_filter(self.dialect())
+        );
+        let filter = JobFilter {
+            state: None,
+            ..filter.clone()
+        };
+        let requeued = (&self.db).execute(&sql, &job_filter_args(&filter)).await?;
+        if requeued > 0 {
+            self.wake(&JOBS).await?;
+        }
+        Ok(requeued)
+    }
+
+    /// Cancels a job that waits to run (available, or retryable after a failure): it will not
+    /// run unless re-queued. A running job is not interrupted.
+    pub async fn cancel_job(&self, id: JobId) -> Result<Cancelled, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET state = 'cancelled', finalized_at = {now}
+             WHERE id = $1 AND state IN ('available', 'retryable')",
+            now = self.dialect().now()
+        );
+        if (&self.db).execute(&sql, &[Arg::Int(id.0)]).await? == 1 {
+            return Ok(Cancelled::Cancelled);
+        }
+        let row = (&self.db)
+            .fetch_optional("SELECT state FROM jobs WHERE id = $1", &[Arg::Int(id.0)])
+            .await?;
+        Ok(match row {
+            Some(row) => Cancelled::NotWaiting(state(&row, "state")?),
+            None => Cancelled::NotFound,
+        })
+    }
+
+    /// The job of the event with this `webhook-id`, with its attempts and result.
+    pub async fn job_of_event(&self, webhook_id: &str) -> Result<Option<JobDetail>, StoreError> {
+        let sql = format!("{} WHERE e.webhook_id = $1", self.job_select());
+        let row = (&self.db)
+            .fetch_optional(&sql, &[Arg::Text(webhook_id)])
+            .await?;
+        row.as_ref().map(job_detail).transpose()
     }
 
     /// Everything about one job: every attempt's error and the result.
     pub async fn find_job(&self, id: JobId) -> Result<Option<JobDetail>, StoreError> {
         let sql = format!("{} WHERE q.id = $1", self.job_select());
         let row = (&self.db).fetch_optional(&sql, &[Arg::Int(id.0)]).await?;
-        row.map(|row| {
-            Ok(JobDetail {
-                summary: job_summary(&row)?,
-                locked_by: row.get("locked_by")?,
-                locked_until: row.opt_time("locked_until")?,
-                errors: row.get("errors")?,
-                result: row.get("result")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(job_detail).transpose()
     }
 
     /// A job's columns, its event's id and type, and its result as one JSON object (the
@@ -256,6 +309,39 @@ impl Store {
     pub async fn discard_reasons(&self, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
         queue::discard_reasons(&self.db, &JOBS, limit).await
     }
+}
+
+/// What a list of jobs, a count or a bulk retry filter on, as `$1`..`$5` (the bindings of
+/// [`job_filter_args`]), over `jobs q JOIN events e`.
+fn job_filter(d: Dialect) -> String {
+    format!(
+        "($1 IS NULL OR q.state = $1)
+         AND ($2 IS NULL OR e.event_type = $2)
+         AND ($3 IS NULL OR q.created_at >= $3)
+         AND ($4 IS NULL OR {last_error} = $4)
+         AND ($5 IS NULL OR q.id < $5)",
+        last_error = d.last_error("q.errors")
+    )
+}
+
+fn job_filter_args(filter: &JobFilter) -> [Arg<'_>; 5] {
+    [
+        Arg::OptText(filter.state.map(|s| s.as_str())),
+        Arg::OptText(filter.event_type.as_deref()),
+        Arg::OptTime(filter.since),
+        Arg::OptText(filter.last_error.as_deref()),
+        Arg::OptInt(filter.before),
+    ]
+}
+
+fn job_detail(row: &Row) -> Result<JobDetail, StoreError> {
+    Ok(JobDetail {
+        summary: job_summary(row)?,
+        locked_by: row.get("locked_by")?,
+        locked_until: row.opt_time("locked_until")?,
+        errors: row.get("errors")?,
+        result: row.get("result")?,
+    })
 }
 
 fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {

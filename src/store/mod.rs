@@ -171,6 +171,9 @@ pub enum Recorded {
 /// One line of `gemhook events list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {
+    /// The row's id: the listing's cursor (lists are newest first, by id), not shown.
+    #[serde(skip)]
+    pub id: i64,
     pub webhook_id: WebhookId,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
@@ -522,20 +525,74 @@ pub struct QueueStats {
     pub backlog_age_secs: f64,
 }
 
-/// Which events `gemhook events list` shows; `None` fields do not filter.
+/// Which events `gemhook events list` and the console show; `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub event_type: Option<String>,
     pub status: Option<String>,
+    /// The verifying scheme (`v1`, `v1a`, `jwt`).
+    pub scheme: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub resource_id: Option<String>,
+    /// Events whose `webhook-id` starts with this (matched literally: `%` and `_` are not
+    /// wildcards).
+    pub webhook_id_prefix: Option<String>,
+    /// The cursor: only events older than the one with this row id (the last of a page).
+    pub before: Option<i64>,
 }
 
-/// Which jobs `gemhook jobs list` shows; `None` fields do not filter.
+/// Which jobs `gemhook jobs list`, the console and a bulk retry take; `None` fields do not
+/// filter.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub state: Option<QueueState>,
     pub event_type: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    /// Jobs whose last attempt failed with exactly this error (as the dashboard groups dead
+    /// letters).
+    pub last_error: Option<String>,
+    /// The cursor: only jobs with a smaller id (the last of a page).
+    pub before: Option<i64>,
+}
+
+/// Which deliveries to the application's sinks a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub state: Option<QueueState>,
+    pub sink: Option<String>,
+    /// The deliveries of one event's outcome.
+    pub webhook_id: Option<String>,
+    /// The cursor: only deliveries with a smaller id.
+    pub before: Option<i64>,
+}
+
+/// An event's outcome as handed off: what the sinks are sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeRecord {
+    /// Bumped when a replay rewrites the outcome; part of the outgoing delivery id.
+    pub revision: i32,
+    pub body: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What cancelling a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    Cancelled,
+    /// Only a job waiting to run (available or retryable) can be cancelled; it is in this state.
+    NotWaiting(QueueState),
+    NotFound,
+}
+
+/// Events received in one minute whose job is in one state (`None`: no job), for the
+/// dashboard's chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MinuteCount {
+    /// The minute's start, as seconds since the epoch.
+    pub minute: i64,
+    pub job_state: Option<QueueState>,
+    pub count: i64,
 }
 
 /// What retention may delete: events received before `cutoff` whose job is finished
