@@ -20,6 +20,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEPLOY = os.path.join(ROOT, "deploy")
 # A valid secret for `config check` in place of the files' placeholders (which are not base64).
 CHECK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# And an admin token in place of compose's `${GEMHOOK_ADMIN_TOKEN:?...}` and the Secret's
+# placeholder: required wherever /metrics or the console leave loopback.
+CHECK_ADMIN_TOKEN = "check-deploy-admin-token-0123456789"
 
 failures = []
 
@@ -134,6 +137,8 @@ def config_check(binary, where, variables, sinks):
         # Compose interpolation (${VAR:-default}) is resolved by compose, not by gemhook.
         env[key] = "" if "${" in str(value) else str(value)
     env["GEMHOOK_WEBHOOK_SECRETS"] = CHECK_SECRET
+    if "GEMHOOK_ADMIN_TOKEN" in env:
+        env["GEMHOOK_ADMIN_TOKEN"] = CHECK_ADMIN_TOKEN
     with tempfile.TemporaryDirectory() as scratch:
         config = os.path.join(scratch, "gemhook.toml")
         with open(config, "w") as f:

@@ -551,6 +551,9 @@ fn print_banner(
     if role.receives() {
         println!("  webhook   http://{address}{}", crate::http::WEBHOOK_PATH);
     }
+    if let Some(console) = app.admin_addr() {
+        println!("  console   http://{console}/  (admin API: /api/v1/, metrics: /metrics)");
+    }
     let created = if created_database { "  (created)" } else { "" };
     println!("  database  {database}{created}");
     if let Some(dev) = dev_secret {
@@ -603,7 +606,10 @@ async fn events(settings: &Settings, command: EventsCommand) -> anyhow::Result<(
                 .context("reading the event")?
                 .with_context(|| format!("no event with webhook-id {webhook_id}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&event_json(&event))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&crate::inspect::event_json(&event))?
+                );
             } else {
                 print_event(&event);
             }
@@ -876,29 +882,23 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> anyhow::
 
 async fn stats(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let store = startup::open(settings).await?;
-    let queue = store.queue_stats().await.context("reading the queue")?;
-    let reasons = store
-        .discard_reasons(10)
+    let stats = crate::inspect::stats(&store, Utc::now())
         .await
-        .context("reading dead letters")?;
+        .context("reading the queues")?;
     if json {
-        let value = serde_json::json!({
-            "jobs": queue.by_state.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            "backlog_age_secs": queue.backlog_age_secs,
-            "discard_reasons": reasons.iter().map(|(reason, count)| serde_json::json!({"reason": reason, "count": count})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
     }
     println!("jobs by state:");
-    for (state, count) in &queue.by_state {
+    for (state, count) in &stats.jobs {
         println!("  {state:<10} {count}");
     }
-    println!("backlog age: {:.1} s", queue.backlog_age_secs);
-    if !reasons.is_empty() {
+    println!("backlog age: {:.1} s", stats.backlog_age_secs);
+    println!("received in the last hour: {}", stats.received_last_hour);
+    if !stats.discard_reasons.is_empty() {
         println!("dead letters by last error:");
-        for (reason, count) in &reasons {
-            println!("  {count:>6}  {reason}");
+        for reason in &stats.discard_reasons {
+            println!("  {:>6}  {}", reason.count, reason.reason);
         }
     }
     Ok(())
@@ -943,24 +943,6 @@ fn print_event_table(events: &[EventSummary]) {
             &e.job_state.map_or("-", QueueState::as_str),
         ])
     }));
-}
-
-/// The stored event as JSON: the summary, the headers, and the body both as text (when it is
-/// UTF-8) and as base64 (always, byte-exact).
-pub fn event_json(event: &EventRecord) -> serde_json::Value {
-    let mut value = serde_json::to_value(event).expect("an event serialises");
-    let object = value.as_object_mut().expect("an event is an object");
-    object.insert(
-        "body".into(),
-        std::str::from_utf8(&event.body)
-            .map(|t| serde_json::Value::String(t.to_owned()))
-            .unwrap_or(serde_json::Value::Null),
-    );
-    object.insert(
-        "body_base64".into(),
-        serde_json::Value::String(STANDARD.encode(&event.body)),
-    );
-    value
 }
 
 fn print_event(event: &EventRecord) {

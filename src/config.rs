@@ -18,6 +18,33 @@ use crate::worker::WorkerSettings;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// The console's address when `admin_listen` is not set: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8081,
+));
+
+/// Where the console listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// `admin_listen` is empty.
+    Off,
+    /// Not set: the default. A second replica on the same host finds it taken and runs
+    /// without a console rather than failing to start.
+    Default(SocketAddr),
+    /// Set: failing to bind it stops start-up.
+    Configured(SocketAddr),
+}
+
+impl AdminListen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::Default(addr) | AdminListen::Configured(addr) => Some(addr),
+        }
+    }
+}
+
 /// Where gemhook keeps its state when no database URL is given: an embedded SQLite file,
 /// created (with its folder) on first use.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/gemhook.db";
@@ -57,6 +84,12 @@ pub enum ConfigError {
         range: String,
         unit: &'static str,
     },
+    #[error(
+        "admin_listen is {0:?}: use host:port (e.g. 127.0.0.1:8081), or an empty value to turn the console off"
+    )]
+    AdminListen(String),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminConfigError),
     #[error(
         "max_inflight_body_bytes ({inflight}) must be at least max_body_bytes ({body}), or no delivery of the largest size could ever be read"
     )]
@@ -99,6 +132,11 @@ pub struct Settings {
     pub listen: SocketAddr,
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The console and admin API's address; unset: 127.0.0.1:8081; empty: off.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub admin_token: Option<Redacted>,
     #[serde(default)]
     pub database_url: Option<Redacted>,
     /// A direct (not pooled) URL for `LISTEN`, when `database_url` goes through a pooler in
@@ -295,6 +333,7 @@ impl Settings {
         if settings.dynamic_webhooks {
             settings.jwks_url()?;
         }
+        settings.admin_auth([0; 32])?;
         Ok(settings)
     }
 
@@ -363,6 +402,33 @@ impl Settings {
     }
 
     /// The URL `LISTEN` connects to, when it is not the main one.
+    /// Where the console listens, if it is on.
+    pub fn admin_listen(&self) -> Result<AdminListen, ConfigError> {
+        match self.admin_listen.as_deref().map(str::trim) {
+            None => Ok(AdminListen::Default(DEFAULT_ADMIN_LISTEN)),
+            Some("") => Ok(AdminListen::Off),
+            Some(text) => text
+                .parse()
+                .map(AdminListen::Configured)
+                .map_err(|_| ConfigError::AdminListen(text.to_owned())),
+        }
+    }
+
+    /// The console's credentials, checked against its listeners (the console's and
+    /// `metrics_listen`): without a token both must be loopback. `random_key` signs this
+    /// process's CSRF tokens when there is no token.
+    pub fn admin_auth(&self, random_key: [u8; 32]) -> Result<crate::admin::AdminAuth, ConfigError> {
+        let mut listeners = Vec::new();
+        if let Some(addr) = self.admin_listen()?.addr() {
+            listeners.push(("admin_listen", addr));
+        }
+        if let Some(addr) = self.metrics_listen {
+            listeners.push(("metrics_listen", addr));
+        }
+        let token = self.admin_token.clone().filter(|t| !t.expose().is_empty());
+        Ok(crate::admin::AdminAuth::new(token, &listeners, random_key)?)
+    }
+
     pub fn database_listen_url(&self) -> Option<&str> {
         self.database_listen_url
             .as_ref()

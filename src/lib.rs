@@ -19,7 +19,8 @@
 //!
 //! Leaves: [`telemetry`] (logs), [`observe`] (metrics), [`redact`] (secrets in memory),
 //! [`outbound`] (how an outbound HTTP failure is read), [`retention`] (pruning). At the edge, depending on everything and used by nothing in the
-//! core: [`config`] (defaults → file → environment), [`startup`] (build → port → run, and the
+//! core: [`inspect`] (what the CLI and the console read and do to stored work, written once),
+//! [`admin`] (the console's pages and the admin API, on their own listener), [`config`] (defaults → file → environment), [`startup`] (build → port → run, and the
 //! embeddable [`Server`]), [`dev_secret`], [`cli`] (the commands) and [`tools`] (`send`,
 //! `capture`, `verify`'s explanation, the load generator, `gemhook dev` and its Gemini
 //! stand-in).
@@ -28,6 +29,7 @@
 
 pub use startup::Server;
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod deliver;
@@ -35,6 +37,7 @@ pub mod dev_secret;
 pub mod envelope;
 pub mod gemini;
 pub mod http;
+pub mod inspect;
 pub mod jwks;
 pub mod observe;
 pub mod outbound;

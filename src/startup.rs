@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Settings};
+use crate::admin;
+use crate::config::{AdminListen, ConfigError, Settings};
 use crate::deliver::{Dispatcher, Handler, SinkSet};
 use crate::gemini::gcs::GcsReader;
 use crate::gemini::watch::WebhookWatch;
@@ -77,6 +78,8 @@ pub struct Application {
     router: axum::Router,
     /// `/metrics` on its own address, when `metrics_listen` is set.
     metrics: Option<(TcpListener, axum::Router)>,
+    /// The console and admin API (and `/metrics`, unless it has its own address).
+    admin: Option<(TcpListener, axum::Router)>,
     store: Store,
     worker: Option<Worker>,
     /// Runs when sinks are configured.
@@ -138,17 +141,26 @@ impl Application {
         if let Some(watch) = &webhook_watch {
             state = state.with_webhook_watch(watch.handle());
         }
-        let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(
+        let admin_state = admin::AdminState::new(
+            store.clone(),
+            settings.admin_auth(rand::random())?,
+            Some(state.clone()),
+            webhook_watch.as_ref().map(WebhookWatch::handle),
+        );
+        let metrics_router = match settings.metrics_listen {
+            Some(addr) => Some((
                 TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartupError::Bind { addr, source })?,
-            ),
+                admin::metrics_router(admin_state.clone()),
+            )),
             None => None,
         };
-        let metrics_router =
-            metrics_listener.map(|listener| (listener, http::metrics_router(state.clone())));
-        let router = http::router(state, role.receives(), metrics_router.is_none());
+        let admin = match bind_admin(settings.admin_listen()?).await? {
+            Some(listener) => Some((listener, admin::router(admin_state))),
+            None => None,
+        };
+        let router = http::router(state, role.receives());
         let (worker, dispatcher) = if role.works() {
             let sinks = build_sinks(settings, handlers)?;
             let worker = build_worker(settings, store.clone(), sinks.clone())?;
@@ -162,6 +174,7 @@ impl Application {
             listener,
             router,
             metrics: metrics_router,
+            admin,
             store,
             worker,
             dispatcher,
@@ -180,6 +193,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The console's address, when it listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     pub fn port(&self) -> u16 {
@@ -225,6 +245,12 @@ impl Application {
             let limits = self.connections;
             tokio::spawn(http::serve(listener, router, limits, stop));
         }
+        if let Some((listener, router)) = self.admin {
+            let stop = stop.clone();
+            tracing::info!(addr = %listener.local_addr()?, "console listening");
+            let limits = self.connections;
+            tokio::spawn(http::serve(listener, router, limits, stop));
+        }
         tracing::info!(%addr, "gemhook listening");
         http::serve(self.listener, self.router, self.connections, stop.clone()).await;
         for task in [worker, dispatcher].into_iter().flatten() {
@@ -233,6 +259,25 @@ impl Application {
         store.close().await;
         tracing::info!("gemhook stopped");
         Ok(())
+    }
+}
+
+/// The console's listener. The default address may be taken (a second replica on one host):
+/// then there is no console in this process, said in the log; a configured one must bind.
+async fn bind_admin(listen: AdminListen) -> Result<Option<TcpListener>, StartupError> {
+    match listen {
+        AdminListen::Off => Ok(None),
+        AdminListen::Configured(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| StartupError::Bind { addr, source }),
+        AdminListen::Default(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(error) => {
+                tracing::warn!(%addr, %error, "the console's default address is taken: no console in this process (set GEMHOOK_ADMIN_LISTEN to give it another)");
+                Ok(None)
+            }
+        },
     }
 }
 

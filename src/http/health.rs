@@ -64,9 +64,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (status, Json(body))
 }
 
-/// The Prometheus text exposition. Queue gauges are read from the database at each scrape, so
-/// every replica reports the shared queue.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// The Prometheus text exposition, served by the console's listener (or `metrics_listen`), never
+/// on the public address. Queue gauges are read from the database at each scrape, so every
+/// replica reports the shared queue.
+pub async fn metrics_text(state: &AppState) -> impl IntoResponse + use<> {
     let shared = &state.inner;
     match shared.store.queue_stats().await {
         Ok(stats) => observe::queue_gauges(&stats.every_state(), stats.backlog_age_secs),

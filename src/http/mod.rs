@@ -12,6 +12,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use health::metrics_text;
 pub use serve::{ConnectionLimits, serve};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -94,24 +95,14 @@ impl AppState {
     }
 }
 
-/// The main router: webhooks (when `receive` is set), health endpoints (always) and
-/// `/metrics` (unless it has a listener of its own).
-pub fn router(state: AppState, receive: bool, serve_metrics: bool) -> Router {
+/// The main router: webhooks (when `receive` is set) and health endpoints (always). `/metrics`
+/// is not here: anyone who can reach Gemini's URL could read the queue's state (see `admin`).
+pub fn router(state: AppState, receive: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if receive {
         router = router.route(WEBHOOK_PATH, post(webhook::receive));
     }
-    if serve_metrics {
-        router = router.route("/metrics", get(health::metrics));
-    }
     router.with_state(state)
-}
-
-/// `/metrics` alone, for a separate listener (`metrics_listen`).
-pub fn metrics_router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(health::metrics))
-        .with_state(state)
 }

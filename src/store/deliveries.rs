@@ -82,6 +82,11 @@ impl Store {
         rows.iter().map(delivery_summary).collect()
     }
 
+    /// Deliveries per state (states with none are absent).
+    pub async fn delivery_counts(&self) -> Result<Vec<(QueueState, i64)>, StoreError> {
+        queue::counts(&self.db, &DELIVERIES).await
+    }
+
     /// The outcome handed off for the event with this `webhook-id`, if its job has finished.
     pub async fn outcome_of_event(
         &self,

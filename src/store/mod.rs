@@ -44,9 +44,10 @@ pub use queue::{QueueState, UnknownState};
 pub use sqlite::file_of as sqlite_file;
 
 /// The `webhook-id` of a delivery: Gemini's idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(transparent)]
 #[sqlx(transparent)]
+#[schema(value_type = String)]
 pub struct WebhookId(pub String);
 
 impl WebhookId {
@@ -83,9 +84,10 @@ impl PartialEq<&str> for WebhookId {
 }
 
 /// A row of the jobs table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(transparent)]
 #[sqlx(transparent)]
+#[schema(value_type = i64)]
 pub struct JobId(pub i64);
 
 impl fmt::Display for JobId {
@@ -169,7 +171,7 @@ pub enum Recorded {
 }
 
 /// One line of `gemhook events list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventSummary {
     /// The row's id: the listing's cursor (lists are newest first, by id), not shown.
     #[serde(skip)]
@@ -478,7 +480,7 @@ pub struct StoredResult {
 }
 
 /// One line of `gemhook jobs list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: JobId,
     pub webhook_id: WebhookId,
@@ -494,7 +496,7 @@ pub struct JobSummary {
 }
 
 /// Everything about one job: every attempt's error and the result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub summary: JobSummary,
@@ -568,7 +570,7 @@ pub struct DeliveryFilter {
 }
 
 /// An event's outcome as handed off: what the sinks are sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutcomeRecord {
     /// Bumped when a replay rewrites the outcome; part of the outgoing delivery id.
     pub revision: i32,
@@ -587,7 +589,7 @@ pub enum Cancelled {
 
 /// Events received in one minute whose job is in one state (`None`: no job), for the
 /// dashboard's chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MinuteCount {
     /// The minute's start, as seconds since the epoch.
     pub minute: i64,
@@ -662,7 +664,7 @@ pub struct ClaimedDelivery {
 }
 
 /// One line of `gemhook deliveries list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliverySummary {
     pub id: i64,
     pub webhook_id: WebhookId,
@@ -675,7 +677,7 @@ pub struct DeliverySummary {
 }
 
 /// Everything about one delivery: `gemhook deliveries show`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryRecord {
     #[serde(flatten)]
     pub summary: DeliverySummary,

@@ -20,7 +20,19 @@ use super::StoreError;
 use super::db::{Arg, Db, Dialect, Exec, ListOf, Row};
 
 /// The life of a queue entry, in River's words. `discarded` is the dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueState {
     /// Waiting to be claimed.

@@ -264,6 +264,8 @@ fn database_url_for(admin_url: &str, name: &str) -> String {
 /// drive it step by step with [`TestApp::run_worker_until_idle`].
 pub struct TestApp {
     pub address: String,
+    /// The console and admin API (and `/metrics`), when `admin_listen` is not turned off.
+    pub admin_address: Option<String>,
     pub client: reqwest::Client,
     pub settings: Settings,
     pub results_dir: std::path::PathBuf,
@@ -288,6 +290,7 @@ pub fn test_settings(db: &TestDatabase, results_dir: &std::path::Path) -> Figmen
         .merge(("gemini_read_timeout_secs", 2))
         .merge(("database_url", db.url.as_str()))
         .merge(("listen", "127.0.0.1:0"))
+        .merge(("admin_listen", "127.0.0.1:0"))
         .merge(("webhook_secrets", SECRET))
         // Hermetic by default: no fetch of Google's JWKS. Dynamic tests turn it on against a
         // local stand-in.
@@ -314,6 +317,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(Figment) -> Figment) -> TestA
     let settings = Settings::from_figment(customise(test_settings(&db, &results_dir))).unwrap();
     let app = Application::build(&settings, Role::Receiver).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = app.admin_addr().map(|addr| format!("http://{addr}"));
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
@@ -322,6 +326,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(Figment) -> Figment) -> TestA
         .unwrap();
     TestApp {
         address,
+        admin_address,
         client: reqwest::Client::new(),
         settings,
         results_dir,

@@ -111,7 +111,7 @@ async fn metrics_count_a_known_sequence_of_deliveries_and_jobs() {
     }
 
     let text = client
-        .get(format!("{address}/metrics"))
+        .get(format!("{}/metrics", gemhook.console_address()))
         .send()
         .await
         .unwrap()

@@ -70,6 +70,14 @@ impl Gemhook {
 
     /// Starts a prepared command (environment, working directory) and waits until it listens.
     pub fn from_command(mut command: Command, args: &[&str]) -> (Gemhook, String) {
+        // A console on a free port unless the test says otherwise: tests run side by side, and
+        // the default address can be held by only one of them.
+        if !command
+            .get_envs()
+            .any(|(name, _)| name == "GEMHOOK_ADMIN_LISTEN")
+        {
+            command.env("GEMHOOK_ADMIN_LISTEN", "127.0.0.1:0");
+        }
         let mut child = command
             .args(args)
             .env("GEMHOOK_LISTEN", "127.0.0.1:0")
@@ -147,6 +155,17 @@ impl Gemhook {
 
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The console's address (`http://…`), from its start-up log line (logged before the
+    /// "gemhook listening" line that start-up waits for).
+    pub fn console_address(&self) -> String {
+        self.output()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|json| json["message"] == "console listening")
+            .and_then(|json| json["addr"].as_str().map(|addr| format!("http://{addr}")))
+            .unwrap_or_else(|| panic!("no console listening: {}", self.output()))
     }
 
     /// Whether the process is still running (it has not exited, nor been killed).

@@ -31,7 +31,7 @@ fn signature(body: &[u8]) -> String {
     sign_v1(&WebhookSecret::parse(NEW_SECRET).unwrap(), ID, TS, body)
 }
 
-/// What `gemhook events show --json` prints for a delivery (see `cli::event_json`).
+/// What `gemhook events show --json` prints for a delivery (see `inspect::event_json`).
 fn event_json(signed: &[u8], stored: &[u8]) -> Value {
     json!({
         "webhook_id": ID,

@@ -56,7 +56,7 @@ async fn gemini_side_the_watcher_exposes_each_webhooks_state_and_warns_about_a_d
         body["gemini_webhooks"]["webhooks"].as_array().is_some_and(|w| w.len() == 3)
     })
     .await;
-    let (_, metrics) = get_text(&format!("{address}/metrics")).await;
+    let (_, metrics) = get_text(&format!("{}/metrics", server.console_address())).await;
 
     assert_eq!(status, 200);
     let states: Vec<(&str, &str)> = ready["gemini_webhooks"]["webhooks"]
@@ -140,7 +140,7 @@ async fn gemini_side_a_failing_read_keeps_the_last_states_and_never_affects_read
         body["gemini_webhooks"]["webhooks"].as_array().is_some_and(Vec::is_empty)
     })
     .await;
-    let (_, metrics) = get_text(&format!("{address}/metrics")).await;
+    let (_, metrics) = get_text(&format!("{}/metrics", server.console_address())).await;
     assert_eq!(state_gauge(&metrics, "wh_1", "disabled"), Some(0.0), "{metrics}");
 }
 }
