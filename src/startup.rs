@@ -156,10 +156,9 @@ impl Application {
             )),
             None => None,
         };
-        let admin = match bind_admin(settings.admin_listen()?).await? {
-            Some(listener) => Some((listener, admin::router(admin_state))),
-            None => None,
-        };
+        let admin = bind_admin(settings.admin_listen()?)
+            .await?
+            .map(|listener| (listener, admin::router(admin_state)));
         let router = http::router(state, role.receives());
         let (worker, dispatcher) = if role.works() {
             let sinks = build_sinks(settings, handlers)?;

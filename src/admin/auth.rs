@@ -282,7 +282,7 @@ mod tests {
     }
 
     fn with_token() -> AdminAuth {
-        AdminAuth::new(Some(Redacted::from(TOKEN)), &[loopback()], [7; 32]).unwrap()
+        AdminAuth::new(Some(Redacted::new(TOKEN)), &[loopback()], [7; 32]).unwrap()
     }
 
     fn without_token() -> AdminAuth {
@@ -297,10 +297,10 @@ mod tests {
             Err(AdminConfigError::OpenWithoutToken { .. })
         ));
         assert_eq!(
-            AdminAuth::new(Some(Redacted::from("short")), &[public], [0; 32]).unwrap_err(),
+            AdminAuth::new(Some(Redacted::new("short")), &[public], [0; 32]).unwrap_err(),
             AdminConfigError::ShortToken
         );
-        assert!(AdminAuth::new(Some(Redacted::from(TOKEN)), &[public], [0; 32]).is_ok());
+        assert!(AdminAuth::new(Some(Redacted::new(TOKEN)), &[public], [0; 32]).is_ok());
     }
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
         );
         // Another token's sessions are not this one's.
         let other = AdminAuth::new(
-            Some(Redacted::from("another-token-456789")),
+            Some(Redacted::new("another-token-456789")),
             &[loopback()],
             [7; 32],
         )

@@ -116,7 +116,7 @@ fn is_api(path: &str) -> bool {
     path.starts_with("/api/") || path == "/metrics"
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -2,6 +2,7 @@
 //! One test binary, so the crate and its dependencies link once.
 
 mod availability;
+mod console;
 mod dev;
 mod dynamic;
 mod faults;

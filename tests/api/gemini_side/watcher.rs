@@ -100,7 +100,7 @@ async fn gemini_side_a_failing_read_keeps_the_last_states_and_never_affects_read
     let service = WebhookServiceStandIn::start()
         .await
         .with_webhooks([webhook("wh_1", "enabled")]);
-    let (_server, address) = Gemhook::serve(&[
+    let (server, address) = Gemhook::serve(&[
         ("GEMHOOK_DATABASE_URL", &db.url),
         ("GEMHOOK_WEBHOOK_SECRETS", SECRET),
         ("GEMINI_API_KEY", GEMINI_API_KEY),
