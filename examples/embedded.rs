@@ -47,7 +47,7 @@ impl Handler for ResumeWorkflow {
 async fn main() -> anyhow::Result<()> {
     let config = std::env::var_os("GEMHOOK_CONFIG").map(PathBuf::from);
     let mut settings = Settings::load(config.as_deref())?;
-    gemhook::telemetry::init(settings.log_format);
+    let telemetry = gemhook::telemetry::init(settings.log_format)?;
     if !settings.sinks.iter().any(|sink| sink.name() == "workflow") {
         settings.sinks.push(SinkConfig::Handler(HandlerSinkConfig {
             name: "workflow".into(),
@@ -72,5 +72,6 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     app.run_until_stopped(gemhook::startup::shutdown_signal())
         .await?;
+    telemetry.shutdown().await;
     Ok(())
 }

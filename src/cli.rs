@@ -397,10 +397,18 @@ async fn run_configured(
 ) -> anyhow::Result<()> {
     let mut settings = Settings::load(config).context("invalid configuration")?;
     settings.create_database = create || matches!(command, Command::Migrate);
-    telemetry::init(settings.log_format);
+    let telemetry = telemetry::init(settings.log_format).context("setting up traces")?;
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
+    let ran = run_command(settings, command).await;
+    // After `serve`'s graceful shutdown too: the spans of its last requests and jobs are
+    // still in the exporter's batch.
+    telemetry.shutdown().await;
+    ran
+}
+
+async fn run_command(settings: Settings, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { role } => serve(&settings, role).await,
         Command::Migrate => {

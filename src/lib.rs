@@ -17,7 +17,7 @@
 //!   (deliveries: hands each outcome to the application's sinks), which never import each
 //!   other's queue machinery.
 //!
-//! Leaves: [`telemetry`] (logs), [`observe`] (metrics), [`redact`] (secrets in memory),
+//! Leaves: [`telemetry`] (logs, traces), [`observe`] (metrics), [`redact`] (secrets in memory),
 //! [`outbound`] (how an outbound HTTP failure is read), [`retention`] (pruning). At the edge, depending on everything and used by nothing in the
 //! core: [`inspect`] (what the CLI and the console read and do to stored work, written once),
 //! [`admin`] (the console's pages and the admin API, on their own listener), [`config`] (defaults → file → environment), [`startup`] (build → port → run, and the

@@ -13,7 +13,7 @@ use crate::queue::QueueSettings as WorkerSettings;
 use crate::queue::retry::{Decision, FailureKind, RetryPolicy};
 use crate::queue::runner::{self as queue, Queue};
 use crate::store::{ClaimedDelivery, Store};
-use crate::telemetry::error_chain;
+use crate::telemetry::{error_chain, traces};
 
 /// Cheap to clone: clones share everything.
 #[derive(Clone)]
@@ -204,6 +204,8 @@ impl Queue for Dispatcher {
             webhook_id = %delivery.webhook_id,
             attempt = delivery.attempt,
         );
+        // In the delivery's trace too; the HTTP sink sends this span's `traceparent`.
+        traces::follow_stored(&span, delivery.trace_context.as_deref());
         async {
             let sent = tokio::select! {
                 sent = self.send(delivery) => sent,

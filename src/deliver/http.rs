@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::redirect;
 use url::Url;
 
@@ -17,6 +17,7 @@ use super::outcome::Outcome;
 use super::sinks::{HttpSinkConfig, SinkConfigError};
 use super::{SinkError, display_endpoint};
 use crate::outbound;
+use crate::telemetry::traces;
 use crate::verify::{WebhookSecret, sign_v1};
 
 /// How much of an error answer's body goes into the error message.
@@ -82,6 +83,10 @@ impl HttpSink {
         // hours later must not look like a replay.
         let timestamp = chrono::Utc::now().timestamp();
         let signature = sign_v1(&self.secret, delivery_id, timestamp, &body);
+        // The dispatch span's `traceparent`, so the application's own spans join the trace
+        // of the delivery from Gemini (nothing is added when traces are off).
+        let mut trace_headers = HeaderMap::new();
+        traces::inject_into(&tracing::Span::current(), &mut trace_headers);
         let response = self
             .client
             .post(self.url.clone())
@@ -89,6 +94,7 @@ impl HttpSink {
             .header("webhook-id", delivery_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
+            .headers(trace_headers)
             .body(body)
             .send()
             .await

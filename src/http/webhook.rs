@@ -16,7 +16,7 @@ use crate::envelope;
 use crate::jwks;
 use crate::observe;
 use crate::store::{NewEvent, Recorded, StoreError};
-use crate::telemetry::error_chain;
+use crate::telemetry::{error_chain, traces};
 use crate::verify::{self, Rejection, WebhookHeaders};
 
 const WEBHOOK_ID: &str = "webhook-id";
@@ -41,6 +41,8 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
         outcome = field::Empty,
         latency_ms = field::Empty,
     );
+    // Before the span is first entered: its parent is fixed then.
+    traces::continue_from_headers(&span, &headers);
     async move {
         let result = handle(&state, &headers, body).await;
         let span = tracing::Span::current();
@@ -135,6 +137,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
         tracing::Span::current().record("type", event_type.as_str());
     }
     let kept_headers = kept_headers(headers);
+    // This span's context, stored with the event: the job's and the hand-off's spans continue
+    // its trace from it, in whichever process claims them.
+    let trace_context = traces::traceparent(&tracing::Span::current());
     let event = NewEvent {
         webhook_id: checked.id,
         webhook_timestamp: verified.timestamp,
@@ -142,6 +147,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Rec
         scheme: verified.scheme,
         headers: &kept_headers,
         body: body.clone(),
+        trace_context: trace_context.as_deref(),
     };
     // The deadline bounds what the database can make Gemini wait (a frozen server, a full
     // pool, a queue behind the group writer). A 503 after it is safe even if the commit then

@@ -1277,7 +1277,9 @@ mod deliveries {
     use chrono::{DateTime, Utc};
     use serde_json::json;
 
-    use crate::store::testing::{TestDb, accepted, on_both_backends, record};
+    use crate::store::testing::{
+        TestDb, accepted, batch_body, on_both_backends, record, record_traced,
+    };
     use crate::store::{
         ClaimedDelivery, ClaimedJob, DeliveryFilter, Handoff, JobResult, QueueState, Requeued,
         Store,
@@ -1645,7 +1647,43 @@ mod deliveries {
         assert_eq!(count(&store, "deliveries").await, 0);
     }
 
+    async fn a_deliverys_trace_context_reaches_its_job_and_its_hand_off(db: TestDb) {
+        let store = db.store().await;
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let body = batch_body("traced");
+        // Both at once, so that one batch carries a context and a NULL side by side.
+        let (traced, untraced) = tokio::join!(
+            record_traced(&store, "traced", &body, Some(traceparent)),
+            record(&store, "untraced"),
+        );
+        accepted(traced);
+        accepted(untraced);
+
+        let jobs = store.claim_jobs("w1", LEASE, 10).await.unwrap();
+        let contexts: Vec<_> = jobs
+            .iter()
+            .map(|job| (job.webhook_id.as_str(), job.trace_context.as_deref()))
+            .collect();
+        let job = jobs.iter().find(|job| job.webhook_id == "traced").unwrap();
+        let done = store
+            .complete_if_running(job, &recorded(), Some(&handoff(&["app"])))
+            .await
+            .unwrap();
+        let deliveries = store.claim_deliveries("d1", LEASE, 10).await.unwrap();
+
+        assert_eq!(contexts.len(), 2);
+        assert!(
+            contexts.contains(&("traced", Some(traceparent))),
+            "{contexts:?}"
+        );
+        assert!(contexts.contains(&("untraced", None)), "{contexts:?}");
+        assert!(done);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].trace_context.as_deref(), Some(traceparent));
+    }
+
     on_both_backends!(
+        a_deliverys_trace_context_reaches_its_job_and_its_hand_off,
         a_finished_job_queues_its_outcome_once_per_sink_and_wakes_the_dispatchers,
         an_events_outcome_and_deliveries_are_found_by_its_id,
         a_discarded_job_hands_off_its_outcome_too,

@@ -27,6 +27,7 @@ impl Store {
                     webhook_id: row.get("webhook_id")?,
                     revision: row.get("revision")?,
                     outcome: row.get("body")?,
+                    trace_context: row.get("trace_context")?,
                 })
             })
             .collect()

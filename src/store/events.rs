@@ -22,6 +22,8 @@ pub(super) struct EventRow {
     /// The kept headers as JSON text, serialised once here (both backends bind it as text).
     pub headers: String,
     pub body: bytes::Bytes,
+    /// The delivery span's `traceparent`; `None` (NULL) when traces are not exported.
+    pub trace_context: Option<String>,
 }
 
 impl EventRow {
@@ -34,11 +36,12 @@ impl EventRow {
             scheme: event.scheme.as_str(),
             headers: event.headers.to_string(),
             body: event.body.clone(),
+            trace_context: event.trace_context.map(str::to_owned),
         }
     }
 
     /// The parameters of one row of [`insert_many`], in order.
-    pub fn insert_args(&self) -> [Arg<'_>; 9] {
+    pub fn insert_args(&self) -> [Arg<'_>; INSERT_ARGS] {
         [
             Arg::Text(&self.webhook_id),
             Arg::Int(self.webhook_timestamp),
@@ -49,18 +52,22 @@ impl EventRow {
             Arg::Text(&self.headers),
             Arg::Bytes(self.body.as_ref()),
             Arg::OptText(self.fields.altered.as_deref()),
+            Arg::OptText(self.trace_context.as_deref()),
         ]
     }
 }
 
-/// The insert of `rows` events at once (`$1`..`$9` the first, `$10`..`$18` the second, …, see
+/// Parameters per row of [`insert_many`].
+pub(super) const INSERT_ARGS: usize = 10;
+
+/// The insert of `rows` events at once (`$1`..`$10` the first, `$11`..`$20` the second, …, see
 /// [`EventRow::insert_args`]), returning the id and `webhook_id` of each one inserted; a
 /// duplicate `webhook-id` inserts nothing and returns no row.
 pub(super) fn insert_many(d: Dialect, rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|row| {
-            let param = |n: usize| format!("${}", row * 9 + n);
-            let mut params: Vec<String> = (1..=9).map(param).collect();
+            let param = |n: usize| format!("${}", row * INSERT_ARGS + n);
+            let mut params: Vec<String> = (1..=INSERT_ARGS).map(param).collect();
             params[6] = d.json_param(&params[6]); // headers
             format!("({})", params.join(", "))
         })
@@ -68,7 +75,7 @@ pub(super) fn insert_many(d: Dialect, rows: usize) -> String {
     format!(
         "INSERT INTO events
              (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers,
-              body, altered)
+              body, altered, trace_context)
          VALUES {}
          ON CONFLICT (webhook_id) DO NOTHING
          RETURNING id, webhook_id",

@@ -315,7 +315,7 @@ async fn insert_batch_sqlite(
     Ok(accepted)
 }
 
-/// Rows per multi-row insert on SQLite at most (9 parameters each).
+/// Rows per multi-row insert on SQLite at most (`events::INSERT_ARGS` parameters each).
 const SQLITE_CHUNK: usize = 64;
 
 /// The largest power of two no greater than `rows` and [`SQLITE_CHUNK`].
@@ -347,6 +347,8 @@ async fn insert_batch_postgres(
     let mut headers = Vec::with_capacity(batch.len());
     let mut bodies = Vec::with_capacity(batch.len());
     let mut altered = Vec::with_capacity(batch.len());
+    // All NULL unless traces are exported: an array of NULLs costs the statement little.
+    let mut trace_contexts = Vec::with_capacity(batch.len());
     for Pending { event, .. } in batch {
         ids.push(event.webhook_id.as_str());
         timestamps.push(event.webhook_timestamp);
@@ -357,6 +359,7 @@ async fn insert_batch_postgres(
         schemes.push(event.scheme);
         headers.push(event.headers.as_str());
         bodies.push(event.body.as_ref());
+        trace_contexts.push(event.trace_context.as_deref());
     }
     // Rows are inserted in `webhook_id` order, the same order in every batch of every
     // receiver: two batches that share ids (Gemini retrying a slow answer against another
@@ -366,15 +369,15 @@ async fn insert_batch_postgres(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::bytea[], $10::text[])
+                                 $6::text[], $7::text[], $8::bytea[], $10::text[], $11::text[])
                 WITH ORDINALITY AS t(webhook_id, webhook_timestamp, event_type, resource_id,
-                                     status, scheme, headers, body, altered, n)
+                                     status, scheme, headers, body, altered, trace_context, n)
         ), new_events AS (
             INSERT INTO events
                 (webhook_id, webhook_timestamp, event_type, resource_id, status, scheme, headers,
-                 body, altered)
+                 body, altered, trace_context)
             SELECT webhook_id, webhook_timestamp, event_type, resource_id, status, scheme,
-                   headers::jsonb, body, altered
+                   headers::jsonb, body, altered, trace_context
             FROM input ORDER BY webhook_id, n
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING id, webhook_id
@@ -395,6 +398,7 @@ async fn insert_batch_postgres(
     .bind(&bodies)
     .bind(JOBS_CHANNEL)
     .bind(&altered)
+    .bind(&trace_contexts)
     .fetch_all(pool)
     .await
     .map(|rows: Vec<(String, i64, String)>| {

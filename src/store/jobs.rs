@@ -29,6 +29,7 @@ impl Store {
                     webhook_id: row.get("webhook_id")?,
                     event_type: row.get("event_type")?,
                     body: row.get("body")?,
+                    trace_context: row.get("trace_context")?,
                 })
             })
             .collect()

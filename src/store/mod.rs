@@ -149,6 +149,9 @@ pub struct NewEvent<'a> {
     pub headers: &'a serde_json::Value,
     /// The raw body, byte for byte (shared, not copied, on its way to the writer).
     pub body: bytes::Bytes,
+    /// The delivery span's W3C `traceparent`, when traces are exported: the job and the
+    /// hand-off continue its trace from it.
+    pub trace_context: Option<&'a str>,
 }
 
 impl NewEvent<'_> {
@@ -455,6 +458,8 @@ pub struct ClaimedJob {
     pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub body: Vec<u8>,
+    /// The delivery's `traceparent` (see [`NewEvent::trace_context`]).
+    pub trace_context: Option<String>,
 }
 
 /// What following a pointer produced, recorded with the job's outcome.
@@ -661,6 +666,8 @@ pub struct ClaimedDelivery {
     /// Bumped when a replay rewrites the outcome; part of the outgoing delivery id.
     pub revision: i32,
     pub outcome: serde_json::Value,
+    /// The delivery's `traceparent`: the hand-off continues the delivery's trace.
+    pub trace_context: Option<String>,
 }
 
 /// One line of `gemhook deliveries list`.

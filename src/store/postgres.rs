@@ -214,8 +214,9 @@ async fn record_one(mut db: &Db, event: &NewEvent<'_>) -> Result<Recorded, Store
         "WITH new_event AS ({insert}), new_job AS (
              INSERT INTO jobs (event_id) SELECT id FROM new_event RETURNING id
          )
-         SELECT id, pg_notify($10, '') FROM new_job",
-        insert = events::insert_many(Dialect::Postgres, 1)
+         SELECT id, pg_notify(${channel}, '') FROM new_job",
+        insert = events::insert_many(Dialect::Postgres, 1),
+        channel = events::INSERT_ARGS + 1,
     );
     let mut args = row.insert_args().to_vec();
     args.push(Arg::Text(JOBS_CHANNEL));

@@ -150,7 +150,7 @@ pub(super) struct QueueKind {
 pub(super) const JOBS: QueueKind = QueueKind {
     table: "jobs",
     owner: "worker",
-    claimed: "q.id, q.attempt, e.webhook_id, e.event_type, e.body",
+    claimed: "q.id, q.attempt, e.webhook_id, e.event_type, e.body, e.trace_context",
     joins: "JOIN events e ON e.id = q.event_id",
     channel: "gemhook_jobs",
 };
@@ -158,7 +158,7 @@ pub(super) const JOBS: QueueKind = QueueKind {
 pub(super) const DELIVERIES: QueueKind = QueueKind {
     table: "deliveries",
     owner: "dispatcher",
-    claimed: "q.id, q.attempt, q.sink, e.webhook_id, o.revision, o.body",
+    claimed: "q.id, q.attempt, q.sink, e.webhook_id, o.revision, o.body, e.trace_context",
     joins: "JOIN outcomes o ON o.id = q.outcome_id JOIN events e ON e.id = o.event_id",
     channel: "gemhook_deliveries",
 };

@@ -530,6 +530,7 @@ mod tests {
                 scheme: crate::verify::Scheme::V1,
                 headers: &headers,
                 body: bytes::Bytes::from(event.clone()),
+                trace_context: None,
             })
             .await;
         store.close().await;

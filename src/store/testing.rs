@@ -195,6 +195,17 @@ pub async fn record(store: &Store, webhook_id: &str) -> Recorded {
 }
 
 pub async fn record_body(store: &Store, webhook_id: &str, body: &[u8]) -> Recorded {
+    record_traced(store, webhook_id, body, None).await
+}
+
+/// [`record_body`] with the delivery span's `traceparent`, as the receiver stores it when
+/// traces are exported.
+pub async fn record_traced(
+    store: &Store,
+    webhook_id: &str,
+    body: &[u8],
+    trace_context: Option<&str>,
+) -> Recorded {
     let envelope: Envelope = crate::envelope::parse(body);
     let headers = serde_json::json!({
         "webhook-id": webhook_id,
@@ -209,6 +220,7 @@ pub async fn record_body(store: &Store, webhook_id: &str, body: &[u8]) -> Record
             scheme: Scheme::V1,
             headers: &headers,
             body: bytes::Bytes::copy_from_slice(body),
+            trace_context,
         })
         .await
         .unwrap()

@@ -30,7 +30,7 @@ use crate::gemini::Plan;
 use crate::observe;
 use crate::queue::runner as queue;
 use crate::store::{ClaimedJob, Handoff, JobResult, Store};
-use crate::telemetry::error_chain;
+use crate::telemetry::{error_chain, traces};
 
 /// How the worker runs: the queue runner's settings.
 pub type WorkerSettings = crate::queue::QueueSettings;
@@ -113,6 +113,9 @@ impl Worker {
             r#type = job.event_type.as_deref().unwrap_or("-"),
             attempt = job.attempt,
         );
+        // Each attempt is a child of the delivery that enqueued the job, and linked to it: one
+        // trace from the delivery to the outcome, whichever process runs the attempt.
+        traces::follow_stored(&span, job.trace_context.as_deref());
         async {
             let started = Instant::now();
             // Planned once: the attempt follows it, and the hand-off takes the resource and

@@ -17,4 +17,5 @@ mod receive;
 mod reliability;
 mod scale;
 mod standin;
+mod traces;
 mod worker;
