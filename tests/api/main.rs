@@ -3,6 +3,7 @@
 
 mod availability;
 mod console;
+mod console_browser;
 mod dev;
 mod dynamic;
 mod faults;
