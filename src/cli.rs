@@ -192,7 +192,8 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-queue a job (attempts start again), or every discarded job with --discarded.
+    /// Re-queue a job (attempts start again), or the dead letters with --discarded (those of
+    /// a type or a last error only, when given; --dry-run counts them first).
     Retry {
         /// The job's id, as `jobs list` shows it.
         #[arg(required_unless_present = "discarded", conflicts_with = "discarded")]
@@ -200,6 +201,16 @@ pub enum JobsCommand {
         /// Every dead-lettered (discarded) one instead of one by id.
         #[arg(long)]
         discarded: bool,
+        /// With --discarded: only jobs of this event type.
+        #[arg(long = "type", requires = "discarded")]
+        event_type: Option<String>,
+        /// With --discarded: only jobs whose last attempt failed with exactly this error (as
+        /// `gemhook stats` groups them).
+        #[arg(long, requires = "discarded")]
+        last_error: Option<String>,
+        /// With --discarded: count the jobs that would be re-queued, change nothing.
+        #[arg(long, requires = "discarded")]
+        dry_run: bool,
     },
 }
 
@@ -758,9 +769,26 @@ async fn jobs(settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
                 .context("re-queueing")?;
             report_requeued(outcome, &format!("job {job_id}"))?;
         }
-        JobsCommand::Retry { job_id: None, .. } => {
-            let count = store.requeue_discarded().await.context("re-queueing")?;
-            println!("{count} discarded job(s) re-queued");
+        JobsCommand::Retry {
+            job_id: None,
+            event_type,
+            last_error,
+            dry_run,
+            ..
+        } => {
+            let filter = JobFilter {
+                event_type,
+                last_error,
+                ..JobFilter::default()
+            };
+            let done = crate::inspect::retry_dead_jobs(&store, &filter, dry_run)
+                .await
+                .context("re-queueing")?;
+            if dry_run {
+                println!("{} discarded job(s) would be re-queued", done.matched);
+            } else {
+                println!("{} discarded job(s) re-queued", done.requeued);
+            }
         }
     }
     Ok(())

@@ -531,7 +531,7 @@ impl Settings {
 }
 
 /// Keys whose values are secret: `gemhook config check` shows only that they are set.
-const SECRET_KEYS: &[&str] = &["webhook_secrets", "gemini_api_key", "sinks"];
+const SECRET_KEYS: &[&str] = &["webhook_secrets", "gemini_api_key", "admin_token", "sinks"];
 
 /// One line of `gemhook config check`: a key, its effective value (secrets redacted) and where
 /// that value came from.
@@ -790,7 +790,7 @@ mod tests {
         let file = dir.join("gemhook.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:9000\"\nwebhook_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ndatabase_url = \"postgres://u:hunter2@db/x\"\n",
+            "listen = \"127.0.0.1:9000\"\nwebhook_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\ndatabase_url = \"postgres://u:hunter2@db/x\"\nadmin_token = \"console-token-correct-horse\"\n",
         )
         .unwrap();
 
@@ -801,12 +801,14 @@ mod tests {
         assert_eq!(line("listen").source, format!("file {}", file.display()));
         assert_eq!(line("max_body_bytes").source, "built-in default");
         assert_eq!(line("webhook_secrets").value, "<redacted: 1 set>");
+        assert_eq!(line("admin_token").value, "<redacted: 1 set>");
         assert_eq!(
             line("database_url").value,
             "postgres://u:%3Credacted%3E@db/x"
         );
         let printed = serde_json::to_string(&lines).unwrap();
         assert!(!printed.contains("MfKQ9r8") && !printed.contains("hunter2"));
+        assert!(!printed.contains("correct-horse"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

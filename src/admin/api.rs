@@ -84,7 +84,7 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-fn page<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Page<T> {
+pub(super) fn page<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Page<T> {
     // One row more than asked says whether there is a next page.
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);

@@ -14,7 +14,7 @@ use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
-use super::api::{self, DeliveriesQuery, EventsQuery, JobsQuery};
+use super::api::{self, DeliveriesQuery, EventsQuery, JobsQuery, Page};
 use super::auth::{self, Principal};
 use super::{AdminState, chart};
 use crate::inspect::{self, RATE_WINDOW_MINUTES};
@@ -342,15 +342,13 @@ async fn events(
         Err(problem_) => return failed(problem_),
     };
     let limit = api::limit(query.limit);
-    let mut rows = match state.store.list_events(&filter, limit + 1).await {
-        Ok(rows) => rows,
+    let Page {
+        items: rows,
+        next_cursor: next,
+    } = match state.store.list_events(&filter, limit + 1).await {
+        Ok(rows) => api::page(rows, limit, |e: &EventSummary| e.id),
         Err(error) => return failed(error.into()),
     };
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|last: &EventSummary| last.id))
-        .flatten();
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let body = html! {
         form.filters method="get" action="/events" {
@@ -387,7 +385,7 @@ async fn events(
             }
         }
         @if let Some(next) = next {
-            p { a.button href=(next_page("/events", &query_pairs_events(&query), next)) { "Older →" } }
+            p { a.button href=(next_page("/events", &query_pairs_events(&query), &next)) { "Older →" } }
         }
     };
     layout(
@@ -402,7 +400,7 @@ async fn events(
 }
 
 fn query_pairs_events(q: &EventsQuery) -> Vec<(&'static str, String)> {
-    [
+    given([
         ("type", &q.event_type),
         ("status", &q.status),
         ("scheme", &q.scheme),
@@ -410,18 +408,25 @@ fn query_pairs_events(q: &EventsQuery) -> Vec<(&'static str, String)> {
         ("until", &q.until),
         ("resource_id", &q.resource_id),
         ("id_prefix", &q.id_prefix),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.clone().filter(|v| !v.is_empty()).map(|v| (k, v)))
-    .collect()
+    ])
 }
 
-fn next_page(path: &str, pairs: &[(&'static str, String)], cursor: i64) -> String {
+/// The filters a list was asked for (the non-empty ones), to carry on to its next page.
+fn given<const N: usize>(
+    pairs: [(&'static str, &Option<String>); N],
+) -> Vec<(&'static str, String)> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect()
+}
+
+fn next_page(path: &str, pairs: &[(&'static str, String)], cursor: &str) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for (key, value) in pairs {
         query.append_pair(key, value);
     }
-    query.append_pair("cursor", &cursor.to_string());
+    query.append_pair("cursor", cursor);
     format!("{path}?{}", query.finish())
 }
 
@@ -617,24 +622,19 @@ async fn jobs(
         Err(problem_) => return failed(problem_),
     };
     let limit = api::limit(query.limit);
-    let mut rows = match state.store.list_jobs(&filter, limit + 1).await {
-        Ok(rows) => rows,
+    let Page {
+        items: rows,
+        next_cursor: next,
+    } = match state.store.list_jobs(&filter, limit + 1).await {
+        Ok(rows) => api::page(rows, limit, |j: &JobSummary| j.id.0),
         Err(error) => return failed(error.into()),
     };
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|j: &JobSummary| j.id.0))
-        .flatten();
     let csrf = state.auth.csrf_token(&principal);
-    let pairs: Vec<(&'static str, String)> = [
+    let pairs = given([
         ("state", &query.state),
         ("type", &query.event_type),
         ("last_error", &query.last_error),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.clone().filter(|v| !v.is_empty()).map(|v| (k, v)))
-    .collect();
+    ]);
     let mut retry_href = url::form_urlencoded::Serializer::new(String::new());
     for (key, value) in &pairs {
         if *key != "state" {
@@ -672,7 +672,7 @@ async fn jobs(
                 }
             }
         }
-        @if let Some(next) = next { p { a.button href=(next_page("/jobs", &pairs, next)) { "Older →" } } }
+        @if let Some(next) = next { p { a.button href=(next_page("/jobs", &pairs, &next)) { "Older →" } } }
     };
     layout(
         &state,
@@ -796,18 +796,15 @@ async fn deliveries(
         Err(problem_) => return failed(problem_),
     };
     let limit = api::limit(query.limit);
-    let mut rows = match state.store.list_deliveries(&filter, limit + 1).await {
-        Ok(rows) => rows,
+    let Page {
+        items: rows,
+        next_cursor: next,
+    } = match state.store.list_deliveries(&filter, limit + 1).await {
+        Ok(rows) => api::page(rows, limit, |d: &DeliverySummary| d.id),
         Err(error) => return failed(error.into()),
     };
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = more.then(|| rows.last().map(|d| d.id)).flatten();
     let csrf = state.auth.csrf_token(&principal);
-    let pairs: Vec<(&'static str, String)> = [("state", &query.state), ("sink", &query.sink)]
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().filter(|v| !v.is_empty()).map(|v| (k, v)))
-        .collect();
+    let pairs = given([("state", &query.state), ("sink", &query.sink)]);
     let body = html! {
         nav.states {
             a href="/deliveries" { "all" }
@@ -817,7 +814,7 @@ async fn deliveries(
             (action_button(&csrf, "/deliveries/retry-dead-letters", "Retry every dead-lettered hand-off", &[]))
         }
         (delivery_table(&csrf, &rows, "/deliveries"))
-        @if let Some(next) = next { p { a.button href=(next_page("/deliveries", &pairs, next)) { "Older →" } } }
+        @if let Some(next) = next { p { a.button href=(next_page("/deliveries", &pairs, &next)) { "Older →" } } }
     };
     layout(
         &state,

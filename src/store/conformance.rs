@@ -830,7 +830,10 @@ mod jobs {
                 .unwrap()
         );
 
-        let requeued = store.requeue_discarded().await.unwrap();
+        let requeued = store
+            .requeue_discarded_matching(&JobFilter::default())
+            .await
+            .unwrap();
 
         assert_eq!(requeued, 2);
         assert_eq!(
@@ -849,7 +852,13 @@ mod jobs {
                 .len(),
             1
         );
-        assert_eq!(store.requeue_discarded().await.unwrap(), 0);
+        assert_eq!(
+            store
+                .requeue_discarded_matching(&JobFilter::default())
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     async fn a_replayed_event_runs_again_and_its_new_result_replaces_the_old(db: TestDb) {
@@ -916,7 +925,13 @@ mod jobs {
                 .await
                 .unwrap()
         );
-        assert_eq!(store.requeue_discarded().await.unwrap(), 1);
+        assert_eq!(
+            store
+                .requeue_discarded_matching(&JobFilter::default())
+                .await
+                .unwrap(),
+            1
+        );
         for _ in 0..2 {
             let job = claim_one(&store, "w1", LEASE).await;
             assert!(

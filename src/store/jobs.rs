@@ -274,15 +274,6 @@ impl Store {
         })
     }
 
-    /// Re-queues every discarded job; returns how many.
-    pub async fn requeue_discarded(&self) -> Result<u64, StoreError> {
-        let requeued = queue::requeue_discarded(&self.db, &JOBS).await?;
-        if requeued > 0 {
-            self.wake(&JOBS).await?;
-        }
-        Ok(requeued)
-    }
-
     /// Processes a stored event again: its job is re-queued.
     pub async fn replay_event(&self, webhook_id: &str) -> Result<Requeued, StoreError> {
         let job = (&self.db)

@@ -325,6 +325,64 @@ async fn console_a_body_with_markup_is_shown_as_text() {
     assert!(list.contains("&lt;img src=x onerror=alert(2)&gt;"));
 }
 
+async fn console_hand_offs_and_jobs_are_shown_and_retried_one_by_one() {
+    let gemini = GeminiStandIn::start().await;
+    let application = crate::handoff::Application::default();
+    let url = application.start().await;
+    application.set_down(true);
+    let app = crate::handoff::app_with_sinks(&gemini, crate::handoff::http_sink("app", &url, "")).await;
+    let base = app.admin_address.clone().unwrap();
+    let id = unique_id();
+    deliver(&app, &id, &event("batch.failed", json!({"id": "batches/h"}))).await;
+    crate::handoff::process(&app).await;
+    let get = |path: String| {
+        let client = app.client.clone();
+        let base = base.clone();
+        async move {
+            let response = client.get(format!("{base}{path}")).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let post = |path: String| {
+        let client = app.client.clone();
+        let base = base.clone();
+        async move {
+            let response = client.post(format!("{base}{path}")).json(&json!({})).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (_, listed) = get(format!("/api/v1/deliveries?webhook_id={id}")).await;
+    let delivery = listed["items"][0]["id"].as_i64().unwrap();
+    let (_, one) = get(format!("/api/v1/deliveries/{delivery}")).await;
+    let (_, by_sink) = get("/api/v1/deliveries?sink=app&state=retryable".into()).await;
+    let (_, detail) = get(format!("/api/v1/events/{id}")).await;
+    let job = detail["job"]["id"].as_i64().unwrap();
+    let (_, job_detail) = get(format!("/api/v1/jobs/{job}")).await;
+    let (missing_job, _) = get("/api/v1/jobs/999999".into()).await;
+    let (missing_delivery, _) = get("/api/v1/deliveries/999999".into()).await;
+    application.set_down(false);
+    let (retried, _) = post(format!("/api/v1/deliveries/{delivery}/retry")).await;
+    let (not_retried, problem) = post("/api/v1/deliveries/999999/retry".into()).await;
+    app.dispatcher().run_until_idle().await;
+    let (_, after) = get(format!("/api/v1/deliveries/{delivery}")).await;
+
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(one["state"], "retryable");
+    assert_eq!(one["sink"], "app");
+    assert_eq!(one["errors"].as_array().unwrap().len(), 1, "the failed attempt is kept");
+    assert_eq!(by_sink["items"][0]["id"], delivery);
+    assert_eq!(detail["outcome"]["revision"], 1);
+    assert_eq!(detail["deliveries"][0]["id"], delivery);
+    assert_eq!(job_detail["state"], "completed");
+    assert_eq!(job_detail["webhook_id"], id.as_str());
+    assert_eq!((missing_job, missing_delivery), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(retried, StatusCode::OK);
+    assert_eq!((not_retried, problem["error"].as_str()), (StatusCode::CONFLICT, Some("not_requeued")));
+    assert_eq!(after["state"], "completed");
+    assert_eq!(application.received().len(), 1);
+}
+
 async fn console_without_a_token_answers_only_loopback_hosts() {
     let (app, _gemini) = console_app(None).await;
     let base = app.admin_address.clone().unwrap();

@@ -37,6 +37,11 @@ impl Application {
         url
     }
 
+    /// Answers 503 to every delivery while `down`.
+    pub fn set_down(&self, down: bool) {
+        *self.down.lock().unwrap() = down;
+    }
+
     pub fn received(&self) -> Vec<(String, Value)> {
         self.received.lock().unwrap().clone()
     }
