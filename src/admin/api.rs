@@ -292,9 +292,17 @@ pub async fn list_events(
     State(state): State<AdminState>,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Page<EventSummary>> {
-    let limit = limit(query.limit);
-    let events = state.store.list_events(&query.filter()?, limit + 1).await?;
-    Ok(Json(page(events, limit, |e| e.id)))
+    Ok(Json(events_page(&state, &query).await?.1))
+}
+
+/// A page of events as a query asks (the API's and the console's list), with its filter.
+pub(super) async fn events_page(
+    state: &AdminState,
+    query: &EventsQuery,
+) -> Result<(EventFilter, Page<EventSummary>), ApiProblem> {
+    let (filter, limit) = (query.filter()?, limit(query.limit));
+    let events = state.store.list_events(&filter, limit + 1).await?;
+    Ok((filter, page(events, limit, |e| e.id)))
 }
 
 #[utoipa::path(get, path = "/api/v1/events/{webhook_id}",
@@ -327,9 +335,17 @@ pub async fn list_jobs(
     State(state): State<AdminState>,
     Query(query): Query<JobsQuery>,
 ) -> ApiResult<Page<JobSummary>> {
-    let limit = limit(query.limit);
-    let jobs = state.store.list_jobs(&query.filter()?, limit + 1).await?;
-    Ok(Json(page(jobs, limit, |j| j.id.0)))
+    Ok(Json(jobs_page(&state, &query).await?.1))
+}
+
+/// A page of jobs as a query asks, with its filter.
+pub(super) async fn jobs_page(
+    state: &AdminState,
+    query: &JobsQuery,
+) -> Result<(JobFilter, Page<JobSummary>), ApiProblem> {
+    let (filter, limit) = (query.filter()?, limit(query.limit));
+    let jobs = state.store.list_jobs(&filter, limit + 1).await?;
+    Ok((filter, page(jobs, limit, |j| j.id.0)))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = i64, Path)),
@@ -386,12 +402,17 @@ pub async fn list_deliveries(
     State(state): State<AdminState>,
     Query(query): Query<DeliveriesQuery>,
 ) -> ApiResult<Page<DeliverySummary>> {
-    let limit = limit(query.limit);
-    let deliveries = state
-        .store
-        .list_deliveries(&query.filter()?, limit + 1)
-        .await?;
-    Ok(Json(page(deliveries, limit, |d| d.id)))
+    Ok(Json(deliveries_page(&state, &query).await?.1))
+}
+
+/// A page of hand-offs as a query asks, with its filter.
+pub(super) async fn deliveries_page(
+    state: &AdminState,
+    query: &DeliveriesQuery,
+) -> Result<(DeliveryFilter, Page<DeliverySummary>), ApiProblem> {
+    let (filter, limit) = (query.filter()?, limit(query.limit));
+    let deliveries = state.store.list_deliveries(&filter, limit + 1).await?;
+    Ok((filter, page(deliveries, limit, |d| d.id)))
 }
 
 #[utoipa::path(get, path = "/api/v1/deliveries/{id}", params(("id" = i64, Path)),

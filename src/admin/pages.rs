@@ -18,9 +18,7 @@ use super::api::{self, DeliveriesQuery, EventsQuery, JobsQuery, Page};
 use super::auth::{self, Principal};
 use super::{AdminState, chart};
 use crate::inspect::{self, RATE_WINDOW_MINUTES};
-use crate::store::{
-    Cancelled, DeliverySummary, EventSummary, JobFilter, JobId, JobSummary, QueueState, Requeued,
-};
+use crate::store::{Cancelled, DeliverySummary, JobFilter, JobId, QueueState, Requeued};
 
 const STYLESHEET: &str = include_str!("console.css");
 
@@ -337,17 +335,15 @@ async fn events(
     Query(page): Query<ListPage<EventsQuery>>,
 ) -> Response {
     let query = page.query;
-    let filter = match query.filter() {
-        Ok(filter) => filter,
+    let (
+        _,
+        Page {
+            items: rows,
+            next_cursor: next,
+        },
+    ) = match api::events_page(&state, &query).await {
+        Ok(found) => found,
         Err(problem_) => return failed(problem_),
-    };
-    let limit = api::limit(query.limit);
-    let Page {
-        items: rows,
-        next_cursor: next,
-    } = match state.store.list_events(&filter, limit + 1).await {
-        Ok(rows) => api::page(rows, limit, |e: &EventSummary| e.id),
-        Err(error) => return failed(error.into()),
     };
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let body = html! {
@@ -617,17 +613,15 @@ async fn jobs(
     Query(page): Query<ListPage<JobsQuery>>,
 ) -> Response {
     let query = page.query;
-    let filter = match query.filter() {
-        Ok(filter) => filter,
+    let (
+        filter,
+        Page {
+            items: rows,
+            next_cursor: next,
+        },
+    ) = match api::jobs_page(&state, &query).await {
+        Ok(found) => found,
         Err(problem_) => return failed(problem_),
-    };
-    let limit = api::limit(query.limit);
-    let Page {
-        items: rows,
-        next_cursor: next,
-    } = match state.store.list_jobs(&filter, limit + 1).await {
-        Ok(rows) => api::page(rows, limit, |j: &JobSummary| j.id.0),
-        Err(error) => return failed(error.into()),
     };
     let csrf = state.auth.csrf_token(&principal);
     let pairs = given([
@@ -791,17 +785,15 @@ async fn deliveries(
     Query(page): Query<ListPage<DeliveriesQuery>>,
 ) -> Response {
     let query = page.query;
-    let filter = match query.filter() {
-        Ok(filter) => filter,
+    let (
+        filter,
+        Page {
+            items: rows,
+            next_cursor: next,
+        },
+    ) = match api::deliveries_page(&state, &query).await {
+        Ok(found) => found,
         Err(problem_) => return failed(problem_),
-    };
-    let limit = api::limit(query.limit);
-    let Page {
-        items: rows,
-        next_cursor: next,
-    } = match state.store.list_deliveries(&filter, limit + 1).await {
-        Ok(rows) => api::page(rows, limit, |d: &DeliverySummary| d.id),
-        Err(error) => return failed(error.into()),
     };
     let csrf = state.auth.csrf_token(&principal);
     let pairs = given([("state", &query.state), ("sink", &query.sink)]);
