@@ -4,7 +4,10 @@
 use super::db::{Arg, Dialect, Exec, Row};
 use super::queue::opt_state;
 use super::storable::EventFields;
-use super::{EventFilter, EventRecord, EventSummary, NewEvent, PruneScope, Store, StoreError};
+use super::{
+    EventFilter, EventRecord, EventSummary, NewEvent, PruneCursor, PruneScope, PrunedBatch, Store,
+    StoreError,
+};
 
 /// A verified delivery's event as it is stored: [`NewEvent`] made storable and owned, so that it
 /// can cross to the group-commit writer. The body is shared with the request (`Bytes`), not
@@ -127,21 +130,51 @@ impl Store {
         .transpose()
     }
 
-    /// Deletes up to `batch` prunable events; returns how many. Small batches keep each
-    /// statement short, so pruning never holds locks the ack path waits on for long. Their
-    /// jobs, results, outcomes and deliveries go with them (`ON DELETE CASCADE`; SQLite
-    /// enforces it because every connection turns `foreign_keys` on).
-    pub async fn prune_batch(&self, scope: &PruneScope, batch: i64) -> Result<u64, StoreError> {
+    /// Deletes up to `batch` prunable events after `after`, oldest first; returns how many and
+    /// where the next batch starts. Small batches keep each statement short, so pruning never
+    /// holds locks the ack path waits on for long. Their jobs, results, outcomes and
+    /// deliveries go with them (`ON DELETE CASCADE`; SQLite enforces it because every
+    /// connection turns `foreign_keys` on).
+    ///
+    /// The batch is read from `events_received_at_idx` between the cursor and the cutoff,
+    /// the column the scope filters on and the order it deletes in: a batch costs its own rows,
+    /// wherever the prune has got to. Ordered by id instead, as before, each batch scanned the
+    /// table from its start, over the dead entries of every earlier batch and the kept rows,
+    /// and the last one on through every event younger than the cutoff (BENCHMARKS.md,
+    /// "Pruning at volume"). The job is joined by its unique `event_id`, one probe per row.
+    pub async fn prune_batch(
+        &self,
+        scope: &PruneScope,
+        after: PruneCursor,
+        batch: i64,
+    ) -> Result<PrunedBatch, StoreError> {
         let sql = format!(
             "DELETE FROM events WHERE id IN (
-                 SELECT e.id {FROM} WHERE {PRUNABLE} ORDER BY e.id LIMIT $3)"
+                 SELECT e.id {FROM}
+                 WHERE (e.received_at, e.id) > ($4, $5) AND {PRUNABLE}
+                 ORDER BY e.received_at, e.id LIMIT $3)
+             RETURNING id, received_at"
         );
         let args = [
             Arg::OptTime(Some(scope.cutoff)),
             Arg::Bool(scope.include_discarded),
             Arg::Int(batch.max(0)),
+            Arg::OptTime(Some(after.received_at)),
+            Arg::Int(after.id),
         ];
-        (&self.db).execute(&sql, &args).await
+        let rows = (&self.db).fetch_all(&sql, &args).await?;
+        let mut next = after;
+        for row in &rows {
+            let deleted = PruneCursor {
+                received_at: row.time("received_at")?,
+                id: row.get("id")?,
+            };
+            next = next.max(deleted);
+        }
+        Ok(PrunedBatch {
+            deleted: rows.len() as u64,
+            next,
+        })
     }
 
     /// How many events [`Store::prune_batch`] would delete in all (for `--dry-run`).
