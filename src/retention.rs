@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{PruneScope, Store, StoreError};
+use crate::store::{PruneCursor, PruneScope, Store, StoreError};
 use crate::telemetry::error_chain;
 
 /// Shortest retention allowed: Gemini's 24 h of retries, plus a day of margin.
@@ -72,10 +72,12 @@ pub fn scope(age: Duration, now: DateTime<Utc>, include_discarded: bool) -> Prun
 /// Prunes everything in scope, batch by batch; returns how many events were deleted.
 pub async fn prune(store: &Store, scope: &PruneScope) -> Result<u64, StoreError> {
     let mut total = 0;
+    let mut cursor = PruneCursor::default();
     loop {
-        let deleted = store.prune_batch(scope, PRUNE_BATCH).await?;
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
+        let batch = store.prune_batch(scope, cursor, PRUNE_BATCH).await?;
+        total += batch.deleted;
+        cursor = batch.next;
+        if batch.deleted < PRUNE_BATCH as u64 {
             return Ok(total);
         }
         // Let the ack path have the table between batches.

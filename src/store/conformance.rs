@@ -10,9 +10,9 @@ mod events {
     use chrono::Utc;
 
     use crate::store::testing::{
-        TestDb, accepted, batch_body, on_both_backends, record, record_body,
+        TestDb, accepted, batch_body, on_both_backends, record, record_body, stored,
     };
-    use crate::store::{EventFilter, JobFilter, PruneScope, QueueState, Recorded};
+    use crate::store::{EventFilter, JobFilter, PruneCursor, PruneScope, QueueState, Recorded};
 
     async fn a_delivery_is_stored_byte_for_byte_with_its_job(db: TestDb) {
         let store = db.store().await;
@@ -221,9 +221,12 @@ mod events {
         };
         assert_eq!(store.count_prunable(&scope).await.unwrap(), 2);
 
-        assert_eq!(store.prune_batch(&scope, 1).await.unwrap(), 1);
-        assert_eq!(store.prune_batch(&scope, 10).await.unwrap(), 1);
-        assert_eq!(store.prune_batch(&scope, 10).await.unwrap(), 0);
+        let first = store.prune_batch(&scope, start(), 1).await.unwrap();
+        assert_eq!(first.deleted, 1);
+        let second = store.prune_batch(&scope, first.next, 10).await.unwrap();
+        assert_eq!(second.deleted, 1);
+        let third = store.prune_batch(&scope, second.next, 10).await.unwrap();
+        assert_eq!(third.deleted, 0);
 
         assert!(store.find_event("done_1").await.unwrap().is_none());
         assert!(store.find_job(jobs[0].id).await.unwrap().is_none());
@@ -236,8 +239,74 @@ mod events {
             ..scope
         };
         assert_eq!(store.count_prunable(&with_dead_letters).await.unwrap(), 1);
-        assert_eq!(store.prune_batch(&with_dead_letters, 10).await.unwrap(), 1);
+        let dead_letters = store
+            .prune_batch(&with_dead_letters, start(), 10)
+            .await
+            .unwrap();
+        assert_eq!(dead_letters.deleted, 1);
         assert!(store.find_event("waiting").await.unwrap().is_some());
+    }
+
+    /// The first batch of a prune.
+    fn start() -> PruneCursor {
+        PruneCursor::default()
+    }
+
+    async fn a_prune_deletes_the_oldest_first_and_each_batch_resumes_after_the_last(db: TestDb) {
+        let store = db.store().await;
+        // Recorded (ids) in one order, received in another: the batches follow received_at.
+        let days_old = [
+            ("young", 1),
+            ("second", 9),
+            ("in_flight", 8),
+            ("third", 7),
+            ("first", 10),
+        ];
+        for (id, days) in days_old {
+            accepted(record(&store, id).await);
+            let received_at = Utc::now() - chrono::Duration::days(days);
+            store.test_set_received_at(id, received_at).await;
+        }
+        let claimed = store
+            .claim_jobs("w1", Duration::from_secs(60), 5)
+            .await
+            .unwrap();
+        let (in_flight, finished): (Vec<_>, Vec<_>) = claimed
+            .iter()
+            .partition(|job| job.webhook_id.as_str() == "in_flight");
+        let result = stored("batches/x");
+        for job in finished {
+            assert!(store.complete_if_running(job, &result, None).await.unwrap());
+        }
+        let scope = PruneScope {
+            cutoff: Utc::now() - chrono::Duration::days(2),
+            include_discarded: false,
+        };
+        let present = async |id: &str| store.find_event(id).await.unwrap().is_some();
+
+        let first = store.prune_batch(&scope, start(), 1).await.unwrap();
+        assert!(!present("first").await && present("second").await);
+        let second = store.prune_batch(&scope, first.next, 2).await.unwrap();
+        assert!(!present("second").await && !present("third").await);
+        assert!(
+            present("in_flight").await,
+            "a job in flight is never pruned"
+        );
+        // It finishes now, behind the cursor: it is left to the next prune.
+        assert!(
+            store
+                .complete_if_running(in_flight[0], &result, None)
+                .await
+                .unwrap()
+        );
+        let third = store.prune_batch(&scope, second.next, 10).await.unwrap();
+        let next_prune = store.prune_batch(&scope, start(), 10).await.unwrap();
+
+        assert_eq!([first.deleted, second.deleted, third.deleted], [1, 2, 0]);
+        assert_eq!(third.next, second.next, "nothing deleted, the cursor stays");
+        assert_eq!(next_prune.deleted, 1);
+        assert!(!present("in_flight").await);
+        assert!(present("young").await);
     }
 
     async fn recent_events_are_not_pruned(db: TestDb) {
@@ -259,7 +328,8 @@ mod events {
         };
 
         assert_eq!(store.count_prunable(&scope).await.unwrap(), 0);
-        assert_eq!(store.prune_batch(&scope, 10).await.unwrap(), 0);
+        let batch = store.prune_batch(&scope, start(), 10).await.unwrap();
+        assert_eq!(batch.deleted, 0);
         assert!(store.find_job(job).await.unwrap().is_some());
     }
 
@@ -355,6 +425,7 @@ mod events {
         events_are_listed_newest_first_with_their_job_state,
         events_are_filtered_by_type_status_and_time,
         old_finished_events_are_pruned_with_their_jobs_and_results,
+        a_prune_deletes_the_oldest_first_and_each_batch_resumes_after_the_last,
         recent_events_are_not_pruned,
     );
 }
@@ -1656,7 +1727,11 @@ mod deliveries {
             include_discarded: false,
         };
 
-        assert_eq!(store.prune_batch(&scope, 10).await.unwrap(), 1);
+        let batch = store
+            .prune_batch(&scope, crate::store::PruneCursor::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(batch.deleted, 1);
 
         assert_eq!(count(&store, "outcomes").await, 0);
         assert_eq!(count(&store, "deliveries").await, 0);

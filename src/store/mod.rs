@@ -612,6 +612,35 @@ pub struct PruneScope {
     pub include_discarded: bool,
 }
 
+/// Where a prune has got to: the last event (by `received_at`, then id) a batch deleted. The
+/// next batch starts after it, so no batch walks again over what earlier ones deleted (dead
+/// index entries until vacuum) or left (jobs in flight, dead letters). An event that becomes
+/// prunable behind the cursor is left to the next prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PruneCursor {
+    // In this order: the derived `Ord` compares as the batch's `ORDER BY` does.
+    received_at: DateTime<Utc>,
+    id: i64,
+}
+
+impl Default for PruneCursor {
+    /// Before every event: none is received before 1970.
+    fn default() -> PruneCursor {
+        PruneCursor {
+            received_at: DateTime::<Utc>::UNIX_EPOCH,
+            id: 0,
+        }
+    }
+}
+
+/// What one [`Store::prune_batch`] did: how many events it deleted, and the cursor to start
+/// the next batch from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrunedBatch {
+    pub deleted: u64,
+    pub next: PruneCursor,
+}
+
 /// A finished job's outcome and the sinks it goes to: written in the job's finishing
 /// transaction, so a job is never finished without its hand-off queued.
 #[derive(Debug, Clone)]

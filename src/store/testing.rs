@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
@@ -263,6 +264,14 @@ impl Store {
             super::db::Db::Sqlite(pool, _) => pool,
             super::db::Db::Postgres(_) => panic!("not a SQLite store"),
         }
+    }
+
+    /// Backdates an event, for retention's tests.
+    pub async fn test_set_received_at(&self, webhook_id: &str, received_at: DateTime<Utc>) {
+        use super::db::{Arg, Exec as _};
+        let sql = "UPDATE events SET received_at = $1 WHERE webhook_id = $2";
+        let args = [Arg::OptTime(Some(received_at)), Arg::Text(webhook_id)];
+        assert_eq!((&self.db).execute(sql, &args).await.unwrap(), 1);
     }
 
     /// A count from a statement written for both databases, as column `n`.
