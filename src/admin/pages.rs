@@ -14,11 +14,11 @@ use maud::{DOCTYPE, Markup, html};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
-use super::api::{self, DeliveriesQuery, EventsQuery, JobsQuery, Page};
+use super::api::{self, DeliveriesQuery, EventsQuery, JobsQuery, Page, RetryDeadJobs};
 use super::auth::{self, Principal};
 use super::{AdminState, chart};
 use crate::inspect::{self, RATE_WINDOW_MINUTES};
-use crate::store::{Cancelled, DeliverySummary, JobFilter, JobId, QueueState, Requeued};
+use crate::store::{Cancelled, DeliverySummary, JobId, QueueState, Requeued};
 
 const STYLESHEET: &str = include_str!("console.css");
 
@@ -140,14 +140,19 @@ fn state_badge(state: Option<QueueState>) -> Markup {
     html! { span class={"state " (word)} { (word) } }
 }
 
-/// A page that could not be shown for a reason the operator should read.
-fn problem(status: StatusCode, message: &str) -> Response {
+/// A page with only a heading and a message: what could not be shown, or was refused.
+fn bare_page(heading: &str, message: &str) -> Html<String> {
     let page = html! {
         (DOCTYPE)
-        html lang="en" { head { meta charset="utf-8"; title { "gemhook" } link rel="stylesheet" href="/assets/console.css"; }
-            body { main { h1 { (status.as_u16()) } p { (message) } p { a href="/" { "Back to the dashboard" } } } } }
+        html lang="en" { head { meta charset="utf-8"; title { "gemhook: " (heading) } link rel="stylesheet" href="/assets/console.css"; }
+            body { main { h1 { (heading) } p { (message) } p { a href="/" { "Back to the dashboard" } } } } }
     };
-    (status, Html(page.into_string())).into_response()
+    Html(page.into_string())
+}
+
+/// A page that could not be shown for a reason the operator should read.
+fn problem(status: StatusCode, message: &str) -> Response {
+    (status, bare_page(&status.as_u16().to_string(), message)).into_response()
 }
 
 fn failed(problem_: api::ApiProblem) -> Response {
@@ -156,14 +161,7 @@ fn failed(problem_: api::ApiProblem) -> Response {
 
 /// What the guard answers a page request it refuses for a reason other than "log in".
 pub(super) fn refused(refused: auth::Refused) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" { head { meta charset="utf-8"; title { "gemhook: refused" } }
-                body { main { h1 { "Refused" } p { (refused.to_string()) } } } }
-        }
-        .into_string(),
-    )
+    bare_page("Refused", &refused.to_string())
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -679,43 +677,27 @@ async fn jobs(
     .into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct DeadLetterForm {
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    last_error: Option<String>,
-}
-
-impl DeadLetterForm {
-    fn filter(&self) -> JobFilter {
-        let keep = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-        JobFilter {
-            event_type: keep(&self.event_type),
-            last_error: keep(&self.last_error),
-            ..JobFilter::default()
-        }
-    }
-}
-
 /// The count first (a dry run), then the button that retries them.
 async fn confirm_retry_jobs(
     State(state): State<AdminState>,
     Extension(principal): Extension<Principal>,
-    Query(form): Query<DeadLetterForm>,
+    Query(form): Query<RetryDeadJobs>,
 ) -> Response {
-    let filter = form.filter();
+    let filter = match form.filter() {
+        Ok(filter) => filter,
+        Err(problem_) => return failed(problem_),
+    };
     let counted = match inspect::retry_dead_jobs(&state.store, &filter, true).await {
         Ok(counted) => counted,
         Err(error) => return failed(error.into()),
     };
     let csrf = state.auth.csrf_token(&principal);
-    let hidden: Vec<(&str, &str)> = [
-        ("type", &filter.event_type),
-        ("last_error", &filter.last_error),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
-    .collect();
+    let carried = given([
+        ("type", &form.event_type),
+        ("last_error", &form.last_error),
+        ("since", &form.since),
+    ]);
+    let hidden: Vec<(&str, &str)> = carried.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = html! {
         p.big { (counted.matched) " dead-lettered job(s) match." }
         @if let Some(t) = &filter.event_type { p { "Type: " (t) } }
@@ -736,8 +718,12 @@ async fn confirm_retry_jobs(
     .into_response()
 }
 
-async fn retry_jobs(State(state): State<AdminState>, Form(form): Form<DeadLetterForm>) -> Response {
-    match inspect::retry_dead_jobs(&state.store, &form.filter(), false).await {
+async fn retry_jobs(State(state): State<AdminState>, Form(form): Form<RetryDeadJobs>) -> Response {
+    let filter = match form.filter() {
+        Ok(filter) => filter,
+        Err(problem_) => return failed(problem_),
+    };
+    match inspect::retry_dead_jobs(&state.store, &filter, false).await {
         Ok(done_) => done(
             "/jobs?state=available",
             &format!("{} dead-lettered job(s) re-queued.", done_.requeued),
